@@ -1,0 +1,106 @@
+"""Per-call records: ``zeroskip.profile()`` and the ``ZEROSKIP_VERBOSE`` stderr log."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CallRecord:
+    """One sparse convolution call.
+
+    Attributes:
+        name: qualified module name when called through a sparsified model, else ``None``.
+        input_shape: shape of the input tensor.
+        mode: the mode asked for (``"auto"``, ``"rows"``, ``"tiles"`` or ``"dense"``).
+        chosen: what ran: ``"dense"``, ``"rows"``, ``"tiles"``, ``"fill"`` (all-zero input) or a
+            ``"+"``-joined mix when images of one batch took different paths.
+        active_fraction: fraction of the output that was computed (1.0 for dense).
+        time_ms: wall time of the call in milliseconds.
+        detail: the plan: reason for dense, tile size and tile count, or row bands.
+    """
+
+    name: str | None
+    input_shape: tuple[int, ...]
+    mode: str
+    chosen: str
+    active_fraction: float
+    time_ms: float
+    detail: str = ""
+
+
+@dataclass
+class Profile:
+    """Records collected inside a ``with zeroskip.profile() as prof:`` block."""
+
+    records: list[CallRecord] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A plain-text table, one row per call, and a total line."""
+        header = f"{'#':>4}  {'module':<28} {'input':<22} {'mode':<6} {'ran':<12} {'active':>7} {'ms':>9}"
+        lines = [header, "-" * len(header)]
+        for index, r in enumerate(self.records):
+            shape = "x".join(str(s) for s in r.input_shape)
+            lines.append(
+                f"{index:>4}  {(r.name or '-')[:28]:<28} {shape:<22} {r.mode:<6} {r.chosen[:12]:<12}"
+                f" {r.active_fraction:>7.1%} {r.time_ms:>9.3f}"
+            )
+        total = sum(r.time_ms for r in self.records)
+        lines.append("-" * len(header))
+        lines.append(f"{len(self.records)} calls, {total:.3f} ms in zeroskip convolutions")
+        return "\n".join(lines)
+
+
+_lock = threading.Lock()
+_profiles: list[Profile] = []
+
+
+def verbosity() -> int:
+    """The ``ZEROSKIP_VERBOSE`` level: 0 (silent), 1 (one line per call) or 2 (with the plan)."""
+    value = os.environ.get("ZEROSKIP_VERBOSE", "")
+    return int(value) if value.isdigit() else 0
+
+
+def recording() -> bool:
+    """Whether calls must be timed: a profile is open or verbose output is on."""
+    return bool(_profiles) or verbosity() > 0
+
+
+def record(entry: CallRecord) -> None:
+    with _lock:
+        for profile_ in _profiles:
+            profile_.records.append(entry)
+    level = verbosity()
+    if level:
+        shape = "x".join(str(s) for s in entry.input_shape)
+        line = (
+            f"zeroskip,conv2d,{entry.name or '-'},{shape},mode={entry.mode},ran={entry.chosen},"
+            f"active={entry.active_fraction:.4f},{entry.time_ms:.3f}ms"
+        )
+        if level >= 2 and entry.detail:
+            line += f",{entry.detail}"
+        print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def profile() -> Iterator[Profile]:
+    """Record every zeroskip convolution call made inside the block.
+
+    Example:
+        >>> with zeroskip.profile() as prof:
+        ...     model(frames)
+        >>> print(prof.summary())
+    """
+    profile_ = Profile()
+    with _lock:
+        _profiles.append(profile_)
+    try:
+        yield profile_
+    finally:
+        with _lock:
+            _profiles.remove(profile_)

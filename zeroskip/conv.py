@@ -1,0 +1,280 @@
+"""The sparse convolution: ``zeroskip.conv2d`` and its module ``zeroskip.SparseConv2d``."""
+
+from __future__ import annotations
+
+import copy as copy_module
+import functools
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _profiler
+from ._activity import sampled_density
+from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
+from ._rows import active_rows, row_bands, run_rows
+from ._tiles import active_tiles, default_tile_size, padded_input, run_tiles
+
+MODES = ("auto", "dense", "rows", "tiles")
+
+# Above this sampled pixel density an image is treated as dense without a full activity check.
+_DENSE_SAMPLE_DENSITY = 0.5
+# Relative cost of computing one output pixel through tiles (gather, halo, scatter) or row bands,
+# against the dense convolution; auto picks the cheapest of tiles, rows and dense per image.
+_TILE_COST = 1.15
+_ROW_COST = 1.0
+# Below this fraction of the dense cost a sparse path must come to be worth the bookkeeping.
+_SPARSE_BREAK_EVEN = 0.9
+
+
+def _check_mode(mode: object) -> str:
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, weights_finite: bool | None) -> str:
+    """Why this call cannot skip anything exactly, or ``""`` if it can."""
+    if x.shape[0] == 0 or x.numel() == 0:
+        return "empty input"
+    if not x.is_floating_point() or x.layout != torch.strided:
+        return f"unsupported input {x.dtype}/{x.layout}"
+    if weight.dtype != x.dtype or weight.device != x.device or (
+        bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
+    ):
+        return "mixed dtypes or devices"
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return "autograd"
+    if weights_finite is None:
+        weights_finite = parameters_finite(weight, bias)
+    if not weights_finite:
+        # 0 * inf is NaN in the dense result, so no output can be skipped.
+        return "non-finite weights"
+    return ""
+
+
+def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    finite = bool(torch.isfinite(weight).all())
+    return finite and (bias is None or bool(torch.isfinite(bias).all()))
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_output_strides(x_shape, x_strides, w_shape, w_strides, stride, padding, dilation, groups):
+    """Strides of the tensor ``F.conv2d`` returns, found on the meta device (no data, no work)."""
+    x = torch.empty_strided(x_shape, x_strides, device="meta")
+    w = torch.empty_strided(w_shape, w_strides, device="meta")
+    return F.conv2d(x, w, None, stride, padding, dilation, groups).stride()
+
+
+def _new_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> torch.Tensor:
+    shape = (g.batch, g.out_channels, g.out_height, g.out_width)
+    strides = _dense_output_strides(
+        tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(),
+        g.stride, (g.pad_top, g.pad_left) if g.symmetric_padding else (0, 0), g.dilation, g.groups,
+    )
+    out = torch.empty_strided(shape, strides, dtype=x.dtype, device=x.device)
+    if bias is None:
+        out.zero_()
+    else:
+        out.copy_(bias.view(1, -1, 1, 1).expand(shape))
+    return out
+
+
+def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
+    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
+    heights = torch.full((active.shape[1],), tile[0], dtype=torch.float32, device=active.device)
+    widths = torch.full((active.shape[2],), tile[1], dtype=torch.float32, device=active.device)
+    heights[-1] = g.out_height - tile[0] * (active.shape[1] - 1)
+    widths[-1] = g.out_width - tile[1] * (active.shape[2] - 1)
+    area = heights[:, None] * widths[None, :]
+    return (active.float() * area).sum((1, 2)) / (g.out_height * g.out_width)
+
+
+def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, weights_finite):
+    """Returns the output, what ran, the active fraction and the plan detail."""
+    reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias, weights_finite)
+    if not reason and mode == "auto":
+        density = sampled_density(x)
+        if bool((density > _DENSE_SAMPLE_DENSITY).all()):
+            reason = f"sampled density {density.min().item():.2f}"
+    if reason:
+        return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
+
+    out = _new_output(x, weight, bias, g)
+    batch = g.batch
+    chosen = ["fill"] * batch
+    fractions = [0.0] * batch
+    detail = []
+
+    tile = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else default_tile_size(g)
+    tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
+    if mode in ("auto", "tiles"):
+        padded, cell = padded_input(x, g, tile)
+        tiles = active_tiles(padded, cell, g, tile)
+        tile_fraction = _tile_fractions(tiles, g, tile).tolist()
+        row_of_tiles = tiles.any(2)
+    if mode in ("auto", "rows"):
+        rows = active_rows(x, g)
+        row_fraction = rows.float().mean(1).tolist()
+
+    for b in range(batch):
+        if mode == "tiles":
+            candidates = {"tiles": tile_fraction[b]}
+        elif mode == "rows":
+            candidates = {"rows": row_fraction[b]}
+        else:
+            candidates = {"tiles": tile_fraction[b], "rows": row_fraction[b]}
+        path, fraction = min(candidates.items(), key=lambda kv: kv[1] * (_TILE_COST if kv[0] == "tiles" else _ROW_COST))
+        if fraction == 0.0:
+            continue
+        cost = fraction * (_TILE_COST if path == "tiles" else _ROW_COST)
+        if mode == "auto" and cost > _SPARSE_BREAK_EVEN:
+            path, fraction = "dense", 1.0
+        chosen[b], fractions[b] = path, fraction
+
+    dense_images = [b for b in range(batch) if chosen[b] == "dense"]
+    if len(dense_images) == batch:
+        return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
+    if dense_images:
+        index = torch.tensor(dense_images, device=x.device)
+        out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
+    tile_images = [b for b in range(batch) if chosen[b] == "tiles"]
+    if tile_images:
+        index = torch.tensor(tile_images, device=x.device)
+        selected = tiles[index]
+        run_tiles(padded, weight, bias, out, g, tile, selected, index)
+        detail.append(f"tiles={int(selected.sum())} tile={tile[0]}x{tile[1]}")
+    row_images = [b for b in range(batch) if chosen[b] == "rows"]
+    if row_images:
+        bands = row_bands(rows[row_images])
+        run_rows(x, weight, bias, out, g, bands, row_images)
+        detail.append(f"bands={sum(len(b) for b in bands)}")
+    ran = "+".join(sorted(set(chosen)))
+    return out, ran, sum(fractions) / batch, " ".join(detail)
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, weights_finite=None):
+    _check_mode(mode)
+    g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
+    timed = _profiler.recording()
+    start = time.perf_counter() if timed else 0.0
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size, weights_finite)
+    if unbatched:
+        out = out.squeeze(0)
+    if timed:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        _profiler.record(
+            _profiler.CallRecord(
+                name, tuple(input.shape), mode, ran, fraction, (time.perf_counter() - start) * 1e3, detail
+            )
+        )
+    return out
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    mode: str = "auto",
+    tile_size: int | tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """2-D convolution that skips the outputs whose receptive field is all zeros.
+
+    Same arguments and result as :func:`torch.nn.functional.conv2d`. Skipped outputs are
+    exactly the bias (or zero); computed ones come from ``F.conv2d`` on the same values.
+
+    Args:
+        input: ``(B, C, H, W)`` or ``(C, H, W)``.
+        weight: ``(C_out, C / groups, kH, kW)``.
+        bias: ``(C_out,)`` or ``None``.
+        stride, padding, dilation, groups: as in ``F.conv2d`` (``padding`` may be ``"same"`` or
+            ``"valid"``).
+        mode: ``"auto"`` picks per image between filling (all-zero image), tiles, rows and dense;
+            ``"tiles"``, ``"rows"`` and ``"dense"`` force one path.
+        tile_size: output tile ``(th, tw)`` for the tile path; chosen per layer when ``None``.
+
+    Returns:
+        ``(B, C_out, H_out, W_out)`` (or ``(C_out, H_out, W_out)``), with the dtype and memory
+        format ``F.conv2d`` gives.
+
+    Raises:
+        TypeError, ValueError: bad arguments, naming the argument and the value received.
+    """
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size)
+
+
+class SparseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs :func:`zeroskip.conv2d`. Same constructor, plus ``mode`` and
+    ``tile_size``; same parameters and ``state_dict`` keys.
+
+    Example:
+        >>> conv = SparseConv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        >>> y = conv(masked_frames)  # (B, 3, H, W) -> (B, 64, H/2, W/2)
+    """
+
+    def __init__(self, *args, mode: str = "auto", tile_size: int | tuple[int, int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mode = _check_mode(mode)
+        self.tile_size = tile_size
+        self._finite_cache: tuple | None = None
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, *, mode: str = "auto", tile_size=None, copy: bool = False) -> SparseConv2d:
+        """Wrap an ``nn.Conv2d``'s parameters (shared, or copied with ``copy=True``).
+
+        Args:
+            conv: the module to convert; left unchanged.
+            mode: as in :func:`zeroskip.conv2d`.
+            copy: copy the parameters instead of sharing them.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"`conv` must be an nn.Conv2d, got {type(conv).__name__}")
+        sparse = cls.__new__(cls)
+        nn.Module.__init__(sparse)
+        # Take every attribute (hyper-parameters, hooks, buffers, parameters) without
+        # re-initialising weights, then swap the class.
+        sparse.__dict__.update({k: (copy_module.copy(v) if isinstance(v, dict) else v) for k, v in conv.__dict__.items()})
+        if copy:
+            for key, param in sparse._parameters.items():
+                if param is not None:
+                    sparse._parameters[key] = nn.Parameter(param.detach().clone(), param.requires_grad)
+        sparse.mode = _check_mode(mode)
+        sparse.tile_size = tile_size
+        sparse._finite_cache = None
+        return sparse
+
+    def _weights_finite(self) -> bool:
+        """``parameters_finite``, recomputed only when a parameter is replaced or modified."""
+        weight, bias = self.weight, self.bias
+        versions = (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()))
+        cache = self._finite_cache
+        if cache is None or cache[0] is not weight or cache[1] is not bias or cache[2] != versions:
+            cache = (weight, bias, versions, parameters_finite(weight, bias))
+            self._finite_cache = cache
+        return cache[3]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            # Pad with the module's mode first, exactly as nn.Conv2d does, then convolve unpadded.
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding: object = 0
+        else:
+            padding = self.padding
+        return _conv2d(
+            input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups, self.mode,
+            self.tile_size, name=getattr(self, "_zeroskip_name", None), weights_finite=self._weights_finite(),
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.mode!r}"
