@@ -40,21 +40,35 @@ def _cell(tile_input_stride: int) -> int:
     return math.gcd(tile_input_stride, 8)
 
 
-def padded_input(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, Pair]:
-    """Zero-pad ``x`` by the convolution padding, plus zeros up to a whole number of cells.
+def padding_cell(geometry: ConvGeometry, tile: Pair) -> Pair:
+    """Cell size of the activity map: it divides the tile step, so tile windows start on cells."""
+    return (_cell(tile[0] * geometry.stride[0]), _cell(tile[1] * geometry.stride[1]))
 
-    Returns:
-        The padded contiguous input ``(B, C, Hq, Wq)`` and the cell size used on it.
+
+def new_padded_buffer(x: torch.Tensor, images: int, geometry: ConvGeometry, cell: Pair) -> torch.Tensor:
+    """Buffer for :func:`pad_into`: the padded input, plus zeros up to a whole number of cells.
+
+    Only the border is zeroed here; :func:`pad_into` overwrites the interior, so one buffer
+    serves every chunk of a batch.
     """
     g = geometry
-    cell = (_cell(tile[0] * g.stride[0]), _cell(tile[1] * g.stride[1]))
     height = g.height + g.pad_top + g.pad_bottom
     width = g.width + g.pad_left + g.pad_right
-    extra_h = -height % cell[0]
-    extra_w = -width % cell[1]
-    padded = x.new_zeros(x.shape[0], x.shape[1], height + extra_h, width + extra_w)
+    buffer = x.new_empty(images, x.shape[1], height + -height % cell[0], width + -width % cell[1])
+    bottom, right = g.pad_top + g.height, g.pad_left + g.width
+    buffer[:, :, : g.pad_top].zero_()
+    buffer[:, :, bottom:].zero_()
+    buffer[:, :, g.pad_top : bottom, : g.pad_left].zero_()
+    buffer[:, :, g.pad_top : bottom, right:].zero_()
+    return buffer
+
+
+def pad_into(buffer: torch.Tensor, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    """Copy ``x`` ``(n, C, H, W)`` into the interior of ``buffer`` and return the ``n`` padded images."""
+    g = geometry
+    padded = buffer[: x.shape[0]]
     padded[:, :, g.pad_top : g.pad_top + g.height, g.pad_left : g.pad_left + g.width] = x
-    return padded, cell
+    return padded
 
 
 def _tile_windows(count: int, tile: int, stride: int, window: int, cell: int, n_cells: int, device):
@@ -68,7 +82,8 @@ def active_tiles(padded: torch.Tensor, cell: Pair, geometry: ConvGeometry, tile:
     """Which output tiles have a non-zero value in their receptive field.
 
     Args:
-        padded: output of :func:`padded_input`, shape ``(B, C, Hq, Wq)``.
+        padded: output of :func:`pad_into`, shape ``(B, C, Hq, Wq)``.
+        cell: from :func:`padding_cell`.
 
     Returns:
         Bool tensor ``(B, ceil(H_out / th), ceil(W_out / tw))``.
@@ -91,6 +106,17 @@ def _shape_groups(size: int, tile: int) -> list[tuple[int, int, int]]:
     return groups
 
 
+def _runs(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Horizontal runs of consecutive active tiles: (image, tile row, first tile column, length)."""
+    image, row, column = active.nonzero(as_tuple=True)
+    index = torch.arange(image.numel(), device=active.device)
+    starts = torch.ones_like(image, dtype=torch.bool)
+    starts[1:] = (image[1:] != image[:-1]) | (row[1:] != row[:-1]) | (column[1:] != column[:-1] + 1)
+    first = index[starts]
+    lengths = torch.diff(first, append=first.new_tensor([image.numel()]))
+    return image[first], row[first], column[first], lengths
+
+
 def run_tiles(
     padded: torch.Tensor,
     weight: torch.Tensor,
@@ -99,33 +125,37 @@ def run_tiles(
     geometry: ConvGeometry,
     tile: Pair,
     active: torch.Tensor,
-    images: torch.Tensor,
 ) -> None:
-    """Convolve the active tiles of ``images`` and write them into ``out``.
+    """Convolve the active tiles and write them into ``out``.
+
+    Horizontally adjacent active tiles are merged into runs: a run's patch is read once (no halo
+    read twice), convolved in one call with all runs of the same length, and written back with
+    one slice copy, whose rows are as long as the run.
 
     Args:
-        padded: padded input ``(B, C, Hq, Wq)`` from :func:`padded_input`.
+        padded: padded input ``(B, C, Hq, Wq)`` from :func:`pad_into`.
         out: output ``(B, C_out, H_out, W_out)``; tiles not active are left untouched.
-        active: bool ``(len(images), n_i, n_j)`` map of the tiles to compute.
-        images: long tensor, the batch index of each row of ``active``.
+        active: bool ``(B, n_i, n_j)`` map of the tiles to compute.
     """
     g = geometry
     sb, sc, sh, sw = padded.stride()
     step_h, step_w = tile[0] * g.stride[0], tile[1] * g.stride[1]
     for i0, n_i, h in _shape_groups(g.out_height, tile[0]):
         for j0, n_j, w in _shape_groups(g.out_width, tile[1]):
-            local, ti, tj = active[:, i0 : i0 + n_i, j0 : j0 + n_j].nonzero(as_tuple=True)
-            if local.numel() == 0:
+            image, row, column, lengths = _runs(active[:, i0 : i0 + n_i, j0 : j0 + n_j])
+            if image.numel() == 0:
                 continue
-            batch_index = images[local]
             patch_h = (h - 1) * g.stride[0] + g.window[0]
-            patch_w = (w - 1) * g.stride[1] + g.window[1]
-            patches = padded.as_strided(
-                (padded.shape[0], n_i, n_j, padded.shape[1], patch_h, patch_w),
-                (sb, step_h * sh, step_w * sw, sc, sh, sw),
-                padded.storage_offset() + i0 * step_h * sh + j0 * step_w * sw,
-            )[batch_index, ti, tj]
-            result = F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups)
-            region = out[:, :, i0 * tile[0] : i0 * tile[0] + n_i * h, j0 * tile[1] : j0 * tile[1] + n_j * w]
-            region = region.unflatten(2, (n_i, h)).unflatten(4, (n_j, w)).permute(0, 2, 4, 1, 3, 5)
-            region[batch_index, ti, tj] = result
+            for length in lengths.unique().tolist():
+                chosen = (lengths == length).nonzero(as_tuple=True)[0]
+                patch_w = (length * w - 1) * g.stride[1] + g.window[1]
+                patches = padded.as_strided(
+                    (padded.shape[0], n_i, n_j - length + 1, padded.shape[1], patch_h, patch_w),
+                    (sb, step_h * sh, step_w * sw, sc, sh, sw),
+                    padded.storage_offset() + i0 * step_h * sh + j0 * step_w * sw,
+                )[image[chosen], row[chosen], column[chosen]]
+                result = F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups)
+                for k, (b, i, j) in enumerate(zip(*(t[chosen].tolist() for t in (image, row, column)))):
+                    top = (i0 + i) * tile[0]
+                    left = (j0 + j) * tile[1]
+                    out[b, :, top : top + h, left : left + length * w] = result[k]

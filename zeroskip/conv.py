@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy as copy_module
-import functools
 import time
 
 import torch
@@ -12,9 +11,10 @@ import torch.nn.functional as F
 
 from . import _profiler
 from ._activity import sampled_density
+from ._alloc import empty_strided
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import active_rows, row_bands, run_rows
-from ._tiles import active_tiles, default_tile_size, padded_input, run_tiles
+from ._tiles import active_tiles, default_tile_size, new_padded_buffer, pad_into, padding_cell, run_tiles
 
 MODES = ("auto", "dense", "rows", "tiles")
 
@@ -61,36 +61,78 @@ def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return finite and (bias is None or bool(torch.isfinite(bias).all()))
 
 
-@functools.lru_cache(maxsize=256)
-def _dense_output_strides(x_shape, x_strides, w_shape, w_strides, stride, padding, dilation, groups):
-    """Strides of the tensor ``F.conv2d`` returns, found on the meta device (no data, no work)."""
-    x = torch.empty_strided(x_shape, x_strides, device="meta")
-    w = torch.empty_strided(w_shape, w_strides, device="meta")
-    return F.conv2d(x, w, None, stride, padding, dilation, groups).stride()
+# Output memory format per call signature; bounded because shapes vary without limit.
+_OUTPUT_FORMATS: dict[tuple, bool] = {}
+_OUTPUT_FORMATS_MAX = 256
+
+
+def _dense_output_strides(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry) -> tuple[int, ...]:
+    """Strides of the tensor ``F.conv2d`` returns for this call.
+
+    The backend picks channels_last or contiguous from the strides, dtype and device of the input
+    and weight (the meta device does not follow CPU's choice), so ask it once per call signature:
+    convolve a corner of the input just large enough that every output dimension longer than one
+    stays longer than one.
+    """
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, x.device, g)
+    channels_last = _OUTPUT_FORMATS.get(key)
+    if channels_last is None:
+        corner = x[:1, :, : g.window[0] + g.stride[0], : g.window[1] + g.stride[1]]
+        # Only "same" pads asymmetrically.
+        padding = (g.pad_top, g.pad_left) if g.symmetric_padding else "same"
+        probe = F.conv2d(corner, weight, None, g.stride, padding, g.dilation, g.groups)
+        channels_last = probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous()
+        if len(_OUTPUT_FORMATS) >= _OUTPUT_FORMATS_MAX:
+            _OUTPUT_FORMATS.clear()
+        _OUTPUT_FORMATS[key] = channels_last
+    c, h, w = g.out_channels, g.out_height, g.out_width
+    return (c * h * w, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
 
 
 def _new_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> torch.Tensor:
     shape = (g.batch, g.out_channels, g.out_height, g.out_width)
-    strides = _dense_output_strides(
-        tuple(x.shape), x.stride(), tuple(weight.shape), weight.stride(),
-        g.stride, (g.pad_top, g.pad_left) if g.symmetric_padding else (0, 0), g.dilation, g.groups,
-    )
-    out = torch.empty_strided(shape, strides, dtype=x.dtype, device=x.device)
+    strides = _dense_output_strides(x, weight, g)
+    out, zeroed = empty_strided(shape, strides, x.dtype, x.device)
     if bias is None:
-        out.zero_()
+        if not zeroed:
+            out.zero_()
     else:
         out.copy_(bias.view(1, -1, 1, 1).expand(shape))
     return out
 
 
-def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
-    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
+def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> tuple[list[float], list[float]]:
+    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted),
+    and inside tile rows holding an active tile (an upper bound of the row path's work)."""
     heights = torch.full((active.shape[1],), tile[0], dtype=torch.float32, device=active.device)
     widths = torch.full((active.shape[2],), tile[1], dtype=torch.float32, device=active.device)
     heights[-1] = g.out_height - tile[0] * (active.shape[1] - 1)
     widths[-1] = g.out_width - tile[1] * (active.shape[2] - 1)
-    area = heights[:, None] * widths[None, :]
-    return (active.float() * area).sum((1, 2)) / (g.out_height * g.out_width)
+    tiles = (active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)
+    rows = (active.any(2).float() * heights).sum(1) / g.out_height
+    return tiles.tolist(), rows.tolist()
+
+
+# Images per chunk: the padded copy of a chunk stays near this size, so it lives in cache-friendly,
+# reused memory whatever the batch size.
+_CHUNK_BYTES = 16 << 20
+
+
+def _choose(mode: str, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
+    """The path for one image and the fraction of its output that path computes."""
+    if mode == "rows":
+        return "rows", row_fraction
+    if tile_fraction == 0.0:
+        return "fill", 0.0
+    if mode == "tiles":
+        return "tiles", tile_fraction
+    if row_fraction * _ROW_COST < tile_fraction * _TILE_COST:
+        path, fraction, cost = "rows", row_fraction, row_fraction * _ROW_COST
+    else:
+        path, fraction, cost = "tiles", tile_fraction, tile_fraction * _TILE_COST
+    if cost > _SPARSE_BREAK_EVEN:
+        return "dense", 1.0
+    return path, fraction
 
 
 def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, weights_finite):
@@ -103,57 +145,51 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
     if reason:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
 
-    out = _new_output(x, weight, bias, g)
-    batch = g.batch
-    chosen = ["fill"] * batch
-    fractions = [0.0] * batch
-    detail = []
-
     tile = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else default_tile_size(g)
     tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
-    if mode in ("auto", "tiles"):
-        padded, cell = padded_input(x, g, tile)
-        tiles = active_tiles(padded, cell, g, tile)
-        tile_fraction = _tile_fractions(tiles, g, tile).tolist()
-        row_of_tiles = tiles.any(2)
-    if mode in ("auto", "rows"):
+    out = _new_output(x, weight, bias, g)
+    chosen: list[str] = []
+    fractions: list[float] = []
+    tiles_run = 0
+    if mode == "rows":
         rows = active_rows(x, g)
-        row_fraction = rows.float().mean(1).tolist()
+        for fraction in rows.float().mean(1).tolist():
+            path, fraction = _choose(mode, 1.0, fraction)
+            chosen.append(path if fraction else "fill")
+            fractions.append(fraction)
+    else:
+        cell = padding_cell(g, tile)
+        per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+        buffer = new_padded_buffer(x, min(per_chunk, g.batch), g, cell)
+        for start in range(0, g.batch, per_chunk):
+            stop = min(start + per_chunk, g.batch)
+            padded = pad_into(buffer, x[start:stop], g)
+            active = active_tiles(padded, cell, g, tile)
+            for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):
+                path, fraction = _choose(mode, tile_fraction, row_fraction)
+                chosen.append(path)
+                fractions.append(fraction)
+            keep = torch.tensor([path == "tiles" for path in chosen[start:stop]], device=x.device)
+            if bool(keep.any()):
+                active &= keep[:, None, None]
+                tiles_run += int(active.sum())
+                run_tiles(padded, weight, bias, out[start:stop], g, tile, active)
 
-    for b in range(batch):
-        if mode == "tiles":
-            candidates = {"tiles": tile_fraction[b]}
-        elif mode == "rows":
-            candidates = {"rows": row_fraction[b]}
-        else:
-            candidates = {"tiles": tile_fraction[b], "rows": row_fraction[b]}
-        path, fraction = min(candidates.items(), key=lambda kv: kv[1] * (_TILE_COST if kv[0] == "tiles" else _ROW_COST))
-        if fraction == 0.0:
-            continue
-        cost = fraction * (_TILE_COST if path == "tiles" else _ROW_COST)
-        if mode == "auto" and cost > _SPARSE_BREAK_EVEN:
-            path, fraction = "dense", 1.0
-        chosen[b], fractions[b] = path, fraction
-
-    dense_images = [b for b in range(batch) if chosen[b] == "dense"]
-    if len(dense_images) == batch:
+    detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
+    dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
+    if len(dense_images) == g.batch:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
     if dense_images:
         index = torch.tensor(dense_images, device=x.device)
         out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
-    tile_images = [b for b in range(batch) if chosen[b] == "tiles"]
-    if tile_images:
-        index = torch.tensor(tile_images, device=x.device)
-        selected = tiles[index]
-        run_tiles(padded, weight, bias, out, g, tile, selected, index)
-        detail.append(f"tiles={int(selected.sum())} tile={tile[0]}x{tile[1]}")
-    row_images = [b for b in range(batch) if chosen[b] == "rows"]
+    row_images = [b for b, path in enumerate(chosen) if path == "rows"]
     if row_images:
-        bands = row_bands(rows[row_images])
+        rows_map = rows[row_images] if mode == "rows" else active_rows(x[row_images], g)
+        bands = row_bands(rows_map)
         run_rows(x, weight, bias, out, g, bands, row_images)
         detail.append(f"bands={sum(len(b) for b in bands)}")
     ran = "+".join(sorted(set(chosen)))
-    return out, ran, sum(fractions) / batch, " ".join(detail)
+    return out, ran, sum(fractions) / g.batch, " ".join(detail)
 
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, weights_finite=None):
