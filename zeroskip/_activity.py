@@ -49,26 +49,35 @@ def row_activity(x: torch.Tensor) -> torch.Tensor:
     return _nonzero(x.amax(1).amax(2), x.amin(1).amin(2))
 
 
+def _reduce_blocks(t: torch.Tensor, dim: int, block: int, reduce) -> torch.Tensor:
+    """``reduce`` (``torch.amax`` or ``torch.amin``) over consecutive blocks of ``block`` elements
+    along ``dim``; the last block may be short."""
+    size = t.shape[dim]
+    whole = size - size % block
+    result = reduce(t.narrow(dim, 0, whole).unflatten(dim, (whole // block, block)), dim + 1)
+    if whole < size:
+        result = torch.cat([result, reduce(t.narrow(dim, whole, size - whole), dim, keepdim=True)], dim)
+    return result
+
+
 def cell_activity(x: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
     """Per image and ``cell`` block of pixels, whether any value in the block is non-zero.
 
     Args:
-        x: contiguous input of shape ``(B, C, H, W)`` with ``H`` and ``W`` multiples of ``cell``.
-        cell: block size ``(ch, cw)``.
+        x: input of shape ``(B, C, H, W)``, any memory layout.
+        cell: block size ``(ch, cw)``; the last block of a row or column may be smaller.
 
     Returns:
-        Bool tensor of shape ``(B, H // ch, W // cw)``.
+        Bool tensor of shape ``(B, ceil(H / ch), ceil(W / cw))``.
     """
-    batch, channels, height, width = x.shape
-    ch, cw = cell
-    rows = x.view(batch, channels, height // ch, ch, width)
-    # (B, C, H/ch, ch, W) -> reduce the ch rows and the channels: both are strided dimensions.
-    # Separate amax and amin passes: aminmax over a strided dimension is several times slower.
-    maxima = rows.amax(3).amax(1)
-    minima = rows.amin(3).amin(1)
-    maxima = maxima.view(batch, height // ch, width // cw, cw).amax(3)
-    minima = minima.view(batch, height // ch, width // cw, cw).amin(3)
-    return _nonzero(maxima, minima)
+    extremes = []
+    for reduce in (torch.amax, torch.amin):
+        # Block rows first, then channels: on both NCHW and channels_last these are strided
+        # dimensions, reduced with vector loads along the contiguous one; then the columns of
+        # the (ch x C)-times smaller result.
+        reduced = reduce(_reduce_blocks(x, 2, cell[0], reduce), 1)
+        extremes.append(_reduce_blocks(reduced, 2, cell[1], reduce))
+    return _nonzero(*extremes)
 
 
 def window_any(active: torch.Tensor, dim: int, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,6 @@ runs over the whole output.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -27,34 +25,30 @@ def default_tile_size(geometry: ConvGeometry) -> Pair:
         # Grow while the halo makes the gathered patch more than ~50% larger than the tile's share.
         while tile < 32 and halo > 0.5 * tile * stride:
             tile *= 2
-        return max(1, min(tile, out_size))
+        return tile
 
-    return (
-        side(geometry.out_height, geometry.stride[0], geometry.window[0]),
-        side(geometry.out_width, geometry.stride[1], geometry.window[1]),
-    )
-
-
-def _cell(tile_input_stride: int) -> int:
-    # Cells must tile the padded input so that each tile's window starts on a cell boundary.
-    return math.gcd(tile_input_stride, 8)
+    height = side(geometry.out_height, geometry.stride[0], geometry.window[0])
+    # Twice as wide as tall: the output is written row by row, and longer rows copy faster.
+    width = 2 * side(geometry.out_width, geometry.stride[1], geometry.window[1])
+    return min(height, geometry.out_height), min(width, geometry.out_width)
 
 
-def padding_cell(geometry: ConvGeometry, tile: Pair) -> Pair:
-    """Cell size of the activity map: it divides the tile step, so tile windows start on cells."""
-    return (_cell(tile[0] * geometry.stride[0]), _cell(tile[1] * geometry.stride[1]))
+def activity_cell(geometry: ConvGeometry, tile: Pair) -> Pair:
+    """Block size of the activity map: fine enough that rounding tile windows out to whole
+    blocks adds little, coarse enough that the map is a small fraction of the input."""
+    return tuple(4 if size * stride < 16 else 8 for size, stride in zip(tile, geometry.stride))  # type: ignore[return-value]
 
 
-def new_padded_buffer(x: torch.Tensor, images: int, geometry: ConvGeometry, cell: Pair) -> torch.Tensor:
-    """Buffer for :func:`pad_into`: the padded input, plus zeros up to a whole number of cells.
+def new_padded_buffer(x: torch.Tensor, images: int, geometry: ConvGeometry) -> torch.Tensor:
+    """Buffer for :func:`pad_into`, shape ``(images, C, H + padding, W + padding)``.
 
     Only the border is zeroed here; :func:`pad_into` overwrites the interior, so one buffer
     serves every chunk of a batch.
     """
     g = geometry
-    height = g.height + g.pad_top + g.pad_bottom
-    width = g.width + g.pad_left + g.pad_right
-    buffer = x.new_empty(images, x.shape[1], height + -height % cell[0], width + -width % cell[1])
+    buffer = x.new_empty(
+        images, x.shape[1], g.height + g.pad_top + g.pad_bottom, g.width + g.pad_left + g.pad_right
+    )
     bottom, right = g.pad_top + g.height, g.pad_left + g.width
     buffer[:, :, : g.pad_top].zero_()
     buffer[:, :, bottom:].zero_()
@@ -71,29 +65,31 @@ def pad_into(buffer: torch.Tensor, x: torch.Tensor, geometry: ConvGeometry) -> t
     return padded
 
 
-def _tile_windows(count: int, tile: int, stride: int, window: int, cell: int, n_cells: int, device):
-    first = torch.arange(count, device=device) * (tile * stride)
-    starts = first // cell
-    ends = torch.clamp((first + (tile - 1) * stride + window + cell - 1) // cell, max=n_cells)
+def _tile_windows(count: int, tile: int, stride: int, window: int, pad: int, size: int, cell: int, device):
+    """Blocks ``[start, end)`` of the activity map under each tile's receptive field, rounded out."""
+    first = torch.arange(count, device=device) * (tile * stride) - pad
+    last = first + (tile - 1) * stride + window
+    starts = first.clamp(0, size) // cell
+    ends = (last.clamp(0, size) + cell - 1) // cell
     return starts, ends
 
 
-def active_tiles(padded: torch.Tensor, cell: Pair, geometry: ConvGeometry, tile: Pair) -> torch.Tensor:
+def active_tiles(x: torch.Tensor, cell: Pair, geometry: ConvGeometry, tile: Pair) -> torch.Tensor:
     """Which output tiles have a non-zero value in their receptive field.
 
     Args:
-        padded: output of :func:`pad_into`, shape ``(B, C, Hq, Wq)``.
-        cell: from :func:`padding_cell`.
+        x: input ``(B, C, H, W)`` (unpadded: the zero padding is never active).
+        cell: from :func:`activity_cell`.
 
     Returns:
         Bool tensor ``(B, ceil(H_out / th), ceil(W_out / tw))``.
     """
     g = geometry
-    cells = cell_activity(padded, cell)
+    cells = cell_activity(x, cell)
     n_i = -(-g.out_height // tile[0])
     n_j = -(-g.out_width // tile[1])
-    rs, re = _tile_windows(n_i, tile[0], g.stride[0], g.window[0], cell[0], cells.shape[1], cells.device)
-    cs, ce = _tile_windows(n_j, tile[1], g.stride[1], g.window[1], cell[1], cells.shape[2], cells.device)
+    rs, re = _tile_windows(n_i, tile[0], g.stride[0], g.window[0], g.pad_top, g.height, cell[0], cells.device)
+    cs, ce = _tile_windows(n_j, tile[1], g.stride[1], g.window[1], g.pad_left, g.width, cell[1], cells.device)
     return window_any(window_any(cells, 1, rs, re), 2, cs, ce)
 
 
@@ -125,6 +121,7 @@ def run_tiles(
     geometry: ConvGeometry,
     tile: Pair,
     active: torch.Tensor,
+    images: list[int],
 ) -> None:
     """Convolve the active tiles and write them into ``out``.
 
@@ -135,7 +132,8 @@ def run_tiles(
     Args:
         padded: padded input ``(B, C, Hq, Wq)`` from :func:`pad_into`.
         out: output ``(B, C_out, H_out, W_out)``; tiles not active are left untouched.
-        active: bool ``(B, n_i, n_j)`` map of the tiles to compute.
+        active: bool ``(n, n_i, n_j)`` map of the tiles to compute for the ``n`` padded images.
+        images: batch index in ``out`` of each padded image.
     """
     g = geometry
     sb, sc, sh, sw = padded.stride()
@@ -158,4 +156,4 @@ def run_tiles(
                 for k, (b, i, j) in enumerate(zip(*(t[chosen].tolist() for t in (image, row, column)))):
                     top = (i0 + i) * tile[0]
                     left = (j0 + j) * tile[1]
-                    out[b, :, top : top + h, left : left + length * w] = result[k]
+                    out[images[b], :, top : top + h, left : left + length * w] = result[k]

@@ -14,7 +14,7 @@ from ._activity import sampled_density
 from ._alloc import empty_strided
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import active_rows, row_bands, run_rows
-from ._tiles import active_tiles, default_tile_size, new_padded_buffer, pad_into, padding_cell, run_tiles
+from ._tiles import active_tiles, activity_cell, default_tile_size, new_padded_buffer, pad_into, run_tiles
 
 MODES = ("auto", "dense", "rows", "tiles")
 
@@ -158,22 +158,25 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
             chosen.append(path if fraction else "fill")
             fractions.append(fraction)
     else:
-        cell = padding_cell(g, tile)
+        cell = activity_cell(g, tile)
         per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-        buffer = new_padded_buffer(x, min(per_chunk, g.batch), g, cell)
+        buffer = None
         for start in range(0, g.batch, per_chunk):
-            stop = min(start + per_chunk, g.batch)
-            padded = pad_into(buffer, x[start:stop], g)
-            active = active_tiles(padded, cell, g, tile)
+            chunk = x[start : start + per_chunk]
+            active = active_tiles(chunk, cell, g, tile)
             for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):
                 path, fraction = _choose(mode, tile_fraction, row_fraction)
                 chosen.append(path)
                 fractions.append(fraction)
-            keep = torch.tensor([path == "tiles" for path in chosen[start:stop]], device=x.device)
-            if bool(keep.any()):
-                active &= keep[:, None, None]
-                tiles_run += int(active.sum())
-                run_tiles(padded, weight, bias, out[start:stop], g, tile, active)
+            local = [k for k in range(chunk.shape[0]) if chosen[start + k] == "tiles"]
+            if not local:
+                continue
+            if buffer is None:
+                buffer = new_padded_buffer(x, min(per_chunk, g.batch), g)
+            if len(local) < chunk.shape[0]:
+                chunk, active = chunk[local], active[local]
+            tiles_run += int(active.sum())
+            run_tiles(pad_into(buffer, chunk, g), weight, bias, out, g, tile, active, [start + k for k in local])
 
     detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
     dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
