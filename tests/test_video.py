@@ -230,7 +230,10 @@ def test_work_fraction_of_a_bare_layer_and_of_no_call():
 
 @pytest.mark.parametrize(
     "chosen, label",
-    [([], "none"), (["tiles"], "tiles"), (["tiles", "tiles"], "tiles"), (["dense", "tiles", "tiles"], "tiles:2;dense:1")],
+    [
+        ([], "none"), (["tiles"], "tiles"), (["tiles", "tiles"], "tiles"),
+        (["dense", "tiles", "tiles"], "tiles:2;dense:1"),
+    ],
 )
 def test_mode_label(chosen, label):
     assert video.mode_label([_record("x", 0.5, c) for c in chosen]) == label

@@ -9,6 +9,7 @@ untimed, before any timing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -134,6 +135,26 @@ class VideoInfo:
     frame_count: int | None
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: OpenCV's own AVI parser prints on it unconditionally when it
+    probes a file that is not a video, which would garble the caller's one-line error."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no stderr at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def open_video(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], VideoInfo]:
     """Open a video file and decode its first frame, so that bad input fails here and now.
 
@@ -158,8 +179,9 @@ def open_video(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], VideoInfo
         raise ValueError(f"`path` must be a readable video file, got {text!r} ({error.strerror})") from None
     if empty:
         raise ValueError(f"`path` must be a video file, got {text!r} (an empty file)")
-    capture = cv2.VideoCapture(text)
-    ok, first = capture.read() if capture.isOpened() else (False, None)
+    with _quiet_stderr():
+        capture = cv2.VideoCapture(text)
+        ok, first = capture.read() if capture.isOpened() else (False, None)
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"`path` must be a video file OpenCV can decode, got {text!r}")
@@ -268,6 +290,11 @@ def _timed(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return y, time.perf_counter() - start
 
 
+def outputs_agree(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether zeroskip's output equals dense's within ``torch.testing.assert_close``'s float32 tolerances."""
+    return bool(torch.allclose(actual, expected, rtol=_RTOL, atol=_ATOL))
+
+
 def measure_batch(index: int, x: torch.Tensor, dense: nn.Module, sparse: nn.Module) -> BatchResult:
     """Time ``dense`` and ``sparse`` on the same batch ``x`` ``(B, C, H, W)`` and compare their outputs."""
     with torch.inference_mode():
@@ -290,7 +317,7 @@ def measure_batch(index: int, x: torch.Tensor, dense: nn.Module, sparse: nn.Modu
             mode=mode_label(prof.records),
             speedup=t_orig / t_sparse if t_sparse > 0 else float("inf"),
             max_abs_err=error,
-            agree=bool(torch.allclose(y_sparse, y_dense, rtol=_RTOL, atol=_ATOL)),
+            agree=outputs_agree(y_sparse, y_dense),
         )
 
 
