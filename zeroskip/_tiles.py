@@ -19,17 +19,17 @@ def default_tile_size(geometry: ConvGeometry) -> Pair:
     """Output tile size for a layer: small enough to skip finely, large enough that the halo
     (input read by two neighbouring tiles) and per-tile bookkeeping stay cheap."""
 
-    def side(out_size: int, stride: int, window: int) -> int:
+    def side(stride: int, window: int) -> int:
         halo = max(window - stride, 0)
-        tile = 8
-        # Grow while the halo makes the gathered patch more than ~50% larger than the tile's share.
-        while tile < 32 and halo > 0.5 * tile * stride:
+        tile = 16
+        # Grow while the halo makes the gathered patch more than ~25% larger than the tile's share.
+        while tile < 64 and halo > 0.25 * tile * stride:
             tile *= 2
         return tile
 
-    height = side(geometry.out_height, geometry.stride[0], geometry.window[0])
+    height = side(geometry.stride[0], geometry.window[0])
     # Twice as wide as tall: the output is written row by row, and longer rows copy faster.
-    width = 2 * side(geometry.out_width, geometry.stride[1], geometry.window[1])
+    width = 2 * side(geometry.stride[1], geometry.window[1])
     return min(height, geometry.out_height), min(width, geometry.out_width)
 
 
