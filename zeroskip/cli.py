@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[run_options], help="run the experiment on a built-in synthetic clip",
         description="Generate a synthetic static-camera clip and run the video experiment on it.",
     )
-    demo.add_argument("--frames", type=_positive_int, default=80, help="clip length (default 80)")
-    demo.add_argument("--size", type=_frame_size, default=(768, 576), metavar="WxH", help="frame size (768x576)")
+    # About half a minute on two idle cores.
+    demo.add_argument("--frames", type=_positive_int, default=64, help="clip length (default 64)")
+    demo.add_argument("--size", type=_frame_size, default=(640, 360), metavar="WxH", help="frame size (640x360)")
     demo.add_argument("--out", default=os.path.join("zeroskip-out", "demo"), help="output directory")
 
     clip = commands.add_parser(

@@ -94,9 +94,9 @@ def first_layer_plan(model: nn.Module, frame: np.ndarray) -> LayerPlan | None:
 
     def span(first: int, count: int, size: int, out_size: int, stride: int, pad: int) -> tuple[float, float]:
         # An output range's own share of the input (stride steps), not its whole receptive field,
-        # so that neighbouring boxes do not overlap.
+        # so that neighbouring boxes do not overlap; the last range reaches the input's edge.
         ends = (first * count, min((first + 1) * count, out_size))
-        return tuple(max(0, min(size, o * stride - pad)) for o in ends)
+        return tuple(size if o == out_size else max(0, min(size, o * stride - pad)) for o in ends)
 
     boxes = []
     for i, j in cells.nonzero().tolist():
