@@ -144,6 +144,12 @@ def pattern():
 
 
 @pytest.fixture
+def pattern_names() -> tuple[str, ...]:
+    """Every pattern name, for tests that pick one (property tests)."""
+    return PATTERNS
+
+
+@pytest.fixture
 def each_pattern():
     """``each_pattern(shape, dtype=float32, seed=0, core=False)``: ``(name, input)`` for every pattern in
     :data:`PATTERNS`, or in :data:`CORE_PATTERNS` when ``core`` (unless ZEROSKIP_FUZZ is set)."""

@@ -114,8 +114,8 @@ def check_conv_args(
         )
     if group_channels * groups != channels:
         raise ValueError(
-            f"`input` must have C = weight.shape[1] * groups = {group_channels * groups} channels,"
-            f" got shape {tuple(input.shape)}"
+            f"`input` must have {group_channels * groups} channels (weight.shape[1]={group_channels} x"
+            f" groups={groups}), got shape {tuple(input.shape)}"
         )
     if bias is not None and tuple(bias.shape) != (out_channels,):
         raise ValueError(f"`bias` must have shape ({out_channels},), got shape {tuple(bias.shape)}")

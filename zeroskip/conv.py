@@ -145,7 +145,7 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
     if reason:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
 
-    tile = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else default_tile_size(g)
+    tile = tile_size if tile_size is not None else default_tile_size(g)
     tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
     out = _new_output(x, weight, bias, g)
     chosen: list[str] = []
@@ -198,6 +198,8 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, weights_finite=None):
     _check_mode(mode)
     g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
+    # Checked here, not where the tiles need it, so that a bad value fails on every path.
+    tile_size = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else None
     timed = _profiler.recording()
     start = time.perf_counter() if timed else 0.0
     unbatched = input.dim() == 3

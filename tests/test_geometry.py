@@ -1,0 +1,188 @@
+"""Geometry: a property test against ``F.conv2d`` over random convolution shapes, and argument checking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import zeroskip
+from zeroskip._geometry import check_conv_args
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+
+@st.composite
+def convolutions(draw):
+    """Keyword arguments of one valid convolution: shapes, hyper-parameters, pattern, mode and layout."""
+    kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
+    stride = draw(st.sampled_from([1, 2, 3, (1, 2), (3, 1), (2, 2)]))
+    dilation = draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
+    stride_pair = stride if isinstance(stride, tuple) else (stride, stride)
+    dilation_pair = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    window = tuple(d * (k - 1) + 1 for d, k in zip(dilation_pair, kernel))
+    paddings = [0, 1, 2, (0, 3), (3, 1), "valid"] + (["same"] if stride_pair == (1, 1) else [])
+    padding = draw(st.sampled_from(paddings))
+    if padding == "same":
+        total = (0, 0)
+    elif padding == "valid":
+        total = (0, 0)
+    else:
+        pair = padding if isinstance(padding, tuple) else (padding, padding)
+        total = (2 * pair[0], 2 * pair[1])
+    minimum = [1 if padding == "same" else max(1, w - t) for w, t in zip(window, total)]
+    height = draw(st.integers(minimum[0], max(minimum[0], 30)))
+    width = draw(st.integers(minimum[1], max(minimum[1], 30)))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    in_per_group = draw(st.integers(1, 3))
+    depthwise = draw(st.booleans())
+    out_per_group = 1 if depthwise else draw(st.integers(1, 3))
+    return dict(
+        batch=draw(st.sampled_from([None, 0, 1, 2, 3])),
+        channels=groups * in_per_group,
+        height=height,
+        width=width,
+        out_channels=groups * out_per_group,
+        in_per_group=in_per_group,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=draw(st.booleans()),
+        pattern=draw(st.integers(0, 1000)),
+        seed=draw(st.integers(0, 2**16)),
+        mode=draw(st.sampled_from(zeroskip.MODES)),
+        tile_size=draw(st.one_of(st.none(), st.integers(1, 12), st.tuples(st.integers(1, 12), st.integers(1, 12)))),
+        channels_last=draw(st.booleans()),
+    )
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=convolutions())
+def test_matches_dense_on_random_geometry(case, pattern, pattern_names, weights, conv_check):
+    batch = case["batch"]
+    shape = (1 if batch is None else batch, case["channels"], case["height"], case["width"])
+    name = pattern_names[case["pattern"] % len(pattern_names)]
+    x = pattern(name, shape, seed=case["seed"])
+    if case["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if batch is None:
+        x = x[0]
+    weight, bias = weights(case["out_channels"], case["in_per_group"], case["kernel"], bias=case["bias"],
+                           seed=case["seed"] + 1)
+    with torch.no_grad():
+        conv_check(
+            x, weight, bias, mode=case["mode"], tile_size=case["tile_size"], msg=name,
+            stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
+        )
+
+
+def test_same_padding_is_asymmetric_for_even_kernels():
+    g = check_conv_args(torch.zeros(1, 1, 9, 9), torch.zeros(1, 1, 4, 2), None, 1, "same", (1, 3), 1)
+    assert (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) == (1, 2, 1, 2)
+    assert (g.out_height, g.out_width) == (9, 9)
+
+
+X = torch.zeros(2, 4, 10, 10)
+W = torch.zeros(6, 4, 3, 3)
+B = torch.zeros(6)
+
+# name: (changes to the arguments, exception, words the message must contain: the argument and the value)
+BAD_ARGUMENTS = {
+    "input_not_tensor": (dict(input=[[1.0]]), TypeError, ["`input`", "list"]),
+    "input_numpy": (dict(input=X.numpy()), TypeError, ["`input`", "ndarray"]),
+    "weight_not_tensor": (dict(weight=3.0), TypeError, ["`weight`", "float"]),
+    "bias_not_tensor": (dict(bias=[0.0] * 6), TypeError, ["`bias`", "list"]),
+    "input_rank_2": (dict(input=torch.zeros(10, 10)), ValueError, ["`input`", "(10, 10)"]),
+    "input_rank_5": (dict(input=torch.zeros(1, 2, 4, 10, 10)), ValueError, ["`input`", "(1, 2, 4, 10, 10)"]),
+    "weight_rank_3": (dict(weight=torch.zeros(6, 4, 3)), ValueError, ["`weight`", "(6, 4, 3)"]),
+    "channel_mismatch": (dict(input=torch.zeros(2, 5, 10, 10)), ValueError, ["`input`", "(2, 5, 10, 10)"]),
+    "unbatched_channel_mismatch": (dict(input=torch.zeros(3, 10, 10)), ValueError, ["`input`", "(3, 10, 10)"]),
+    "groups_mismatch_in": (dict(groups=3), ValueError, ["`input`", "groups=3", "(2, 4, 10, 10)"]),
+    "groups_mismatch_out": (dict(input=torch.zeros(2, 8, 10, 10), weight=torch.zeros(5, 2, 3, 3), bias=None, groups=4),
+                            ValueError, ["`weight`", "groups=4", "(5, 2, 3, 3)"]),
+    "groups_zero": (dict(groups=0), ValueError, ["`groups`", "0"]),
+    "groups_negative": (dict(groups=-2), ValueError, ["`groups`", "-2"]),
+    "groups_float": (dict(groups=1.5), (TypeError, ValueError), ["`groups`", "1.5"]),
+    "bias_too_long": (dict(bias=torch.zeros(7)), ValueError, ["`bias`", "(7,)"]),
+    "bias_too_short": (dict(bias=torch.zeros(5)), ValueError, ["`bias`", "(5,)"]),
+    "bias_2d": (dict(bias=torch.zeros(6, 1)), ValueError, ["`bias`", "(6, 1)"]),
+    "stride_zero": (dict(stride=0), ValueError, ["`stride`", "0"]),
+    "stride_negative": (dict(stride=-1), ValueError, ["`stride`", "-1"]),
+    "stride_pair_zero": (dict(stride=(1, 0)), ValueError, ["`stride`", "(1, 0)"]),
+    "stride_float": (dict(stride=1.5), TypeError, ["`stride`", "1.5"]),
+    "stride_bool": (dict(stride=True), TypeError, ["`stride`", "True"]),
+    "stride_triple": (dict(stride=(1, 1, 1)), TypeError, ["`stride`", "(1, 1, 1)"]),
+    "padding_negative": (dict(padding=-1), ValueError, ["`padding`", "-1"]),
+    "padding_pair_negative": (dict(padding=(0, -2)), ValueError, ["`padding`", "(0, -2)"]),
+    "padding_string": (dict(padding="full"), ValueError, ["`padding`", "'full'"]),
+    "padding_float": (dict(padding=0.5), TypeError, ["`padding`", "0.5"]),
+    "padding_same_strided": (dict(padding="same", stride=2), ValueError, ["`padding`", "same", "2"]),
+    "dilation_zero": (dict(dilation=0), ValueError, ["`dilation`", "0"]),
+    "dilation_pair_negative": (dict(dilation=(2, -1)), ValueError, ["`dilation`", "(2, -1)"]),
+    "kernel_too_large": (dict(weight=torch.zeros(6, 4, 13, 3)), ValueError, ["`weight`", "(13, 3)", "(2, 4, 10, 10)"]),
+    "kernel_too_large_dilated": (dict(dilation=(6, 1)), ValueError, ["`weight`", "(6, 1)", "(2, 4, 10, 10)"]),
+    "mode_unknown": (dict(mode="fast"), ValueError, ["`mode`", "'fast'"]),
+    "mode_none": (dict(mode=None), ValueError, ["`mode`", "None"]),
+    "tile_size_zero": (dict(tile_size=0), ValueError, ["`tile_size`", "0"]),
+    "tile_size_pair_negative": (dict(tile_size=(4, -4)), ValueError, ["`tile_size`", "(4, -4)"]),
+    "tile_size_string": (dict(tile_size="8"), TypeError, ["`tile_size`", "'8'"]),
+}
+
+
+def _call(changes: dict, mode: str) -> torch.Tensor:
+    arguments = dict(input=X, weight=W, bias=B, stride=1, padding=1, dilation=1, groups=1, mode=mode, tile_size=None)
+    arguments.update(changes)
+    return zeroskip.conv2d(**arguments)
+
+
+@pytest.mark.parametrize("input_kind", ["zeros", "sparse", "dense"])
+@pytest.mark.parametrize("mode", zeroskip.MODES)
+@pytest.mark.parametrize("case", BAD_ARGUMENTS)
+def test_bad_argument_raises(case, mode, input_kind):
+    """Every mode and every kind of input raises the same error: never a result."""
+    changes, error, words = BAD_ARGUMENTS[case]
+    changes = dict(changes)
+    changes.setdefault("mode", mode)
+    x = changes.get("input", X)
+    if isinstance(x, torch.Tensor) and input_kind != "zeros":
+        x = torch.randn(x.shape) * (torch.rand(x.shape) < (0.05 if input_kind == "sparse" else 1.0))
+        changes["input"] = x
+    with pytest.raises(error) as raised:
+        _call(changes, mode)
+    message = str(raised.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(weight=W.double()), dict(bias=B.double()), dict(input=X.int()), dict(input=X.to_sparse())],
+    ids=["weight_dtype", "bias_dtype", "integer_input", "sparse_layout"],
+)
+@pytest.mark.parametrize("mode", zeroskip.MODES)
+def test_mistakes_pytorch_rejects_raise_like_pytorch(changes, mode):
+    """Mismatched dtypes and unsupported inputs raise what ``F.conv2d`` raises for them."""
+    arguments = dict(input=X, weight=W, bias=B, padding=1)
+    arguments.update(changes)
+    with pytest.raises(Exception) as dense:
+        F.conv2d(**arguments)
+    with pytest.raises(dense.type):
+        zeroskip.conv2d(**arguments, mode=mode)
+
+
+def test_module_rejects_bad_input():
+    conv = zeroskip.SparseConv2d(4, 6, 3)
+    with pytest.raises(ValueError, match=r"`input`.*\(2, 3, 10, 10\)"):
+        conv(torch.zeros(2, 3, 10, 10))
+
+
+@pytest.mark.parametrize("mode", ["fast", None, 1])
+def test_module_rejects_bad_mode(mode):
+    with pytest.raises(ValueError, match="`mode`"):
+        zeroskip.SparseConv2d(4, 6, 3, mode=mode)
+    conv = torch.nn.Conv2d(4, 6, 3)
+    with pytest.raises(ValueError, match="`mode`"):
+        zeroskip.SparseConv2d.from_dense(conv, mode=mode)
