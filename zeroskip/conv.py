@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from . import _profiler
 from ._activity import sampled_density
 from ._alloc import empty_strided
+from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import active_rows, row_bands, run_rows
 from ._tiles import active_tiles, activity_cell, default_tile_size, new_padded_buffer, pad_into, run_tiles
@@ -20,12 +21,6 @@ MODES = ("auto", "dense", "rows", "tiles")
 
 # Above this sampled pixel density an image is treated as dense without a full activity check.
 _DENSE_SAMPLE_DENSITY = 0.5
-# Relative cost of computing one output pixel through tiles (gather, halo, scatter) or row bands,
-# against the dense convolution; auto picks the cheapest of tiles, rows and dense per image.
-_TILE_COST = 1.15
-_ROW_COST = 1.0
-# Below this fraction of the dense cost a sparse path must come to be worth the bookkeeping.
-_SPARSE_BREAK_EVEN = 0.9
 
 
 def _check_mode(mode: object) -> str:
@@ -118,30 +113,26 @@ def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> tuple[
 _CHUNK_BYTES = 16 << 20
 
 
-def _choose(mode: str, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
+def _choose(mode: str, costs: ImageCosts, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
     """The path for one image and the fraction of its output that path computes."""
     if mode == "rows":
-        return "rows", row_fraction
-    if tile_fraction == 0.0:
-        return "fill", 0.0
+        return ("rows", row_fraction) if row_fraction else ("fill", 0.0)
     if mode == "tiles":
-        return "tiles", tile_fraction
-    if row_fraction * _ROW_COST < tile_fraction * _TILE_COST:
-        path, fraction, cost = "rows", row_fraction, row_fraction * _ROW_COST
-    else:
-        path, fraction, cost = "tiles", tile_fraction, tile_fraction * _TILE_COST
-    if cost > _SPARSE_BREAK_EVEN:
-        return "dense", 1.0
-    return path, fraction
+        return ("tiles", tile_fraction) if tile_fraction else ("fill", 0.0)
+    return choose(costs, tile_fraction, row_fraction)
 
 
 def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, weights_finite):
     """Returns the output, what ran, the active fraction and the plan detail."""
     reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias, weights_finite)
+    costs = image_costs(g, x.element_size())
     if not reason and mode == "auto":
-        density = sampled_density(x)
-        if bool((density > _DENSE_SAMPLE_DENSITY).all()):
-            reason = f"sampled density {density.min().item():.2f}"
+        if not sparse_can_win(costs, g.batch):
+            reason = "layer too cheap to skip"
+        else:
+            density = sampled_density(x)
+            if bool((density > _DENSE_SAMPLE_DENSITY).all()):
+                reason = f"sampled density {density.min().item():.2f}"
     if reason:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
 
@@ -154,8 +145,8 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
     if mode == "rows":
         rows = active_rows(x, g)
         for fraction in rows.float().mean(1).tolist():
-            path, fraction = _choose(mode, 1.0, fraction)
-            chosen.append(path if fraction else "fill")
+            path, fraction = _choose(mode, costs, 1.0, fraction)
+            chosen.append(path)
             fractions.append(fraction)
     else:
         cell = activity_cell(g, tile)
@@ -165,7 +156,7 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
             chunk = x[start : start + per_chunk]
             active = active_tiles(chunk, cell, g, tile)
             for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):
-                path, fraction = _choose(mode, tile_fraction, row_fraction)
+                path, fraction = _choose(mode, costs, tile_fraction, row_fraction)
                 chosen.append(path)
                 fractions.append(fraction)
             local = [k for k in range(chunk.shape[0]) if chosen[start + k] == "tiles"]
@@ -195,7 +186,9 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
     return out, ran, sum(fractions) / g.batch, " ".join(detail)
 
 
-def _conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, weights_finite=None):
+def _conv2d(
+    input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, weights_finite=None
+):
     _check_mode(mode)
     g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
     # Checked here, not where the tiles need it, so that a bad value fails on every path.
@@ -285,7 +278,9 @@ class SparseConv2d(nn.Conv2d):
         nn.Module.__init__(sparse)
         # Take every attribute (hyper-parameters, hooks, buffers, parameters) without
         # re-initialising weights, then swap the class.
-        sparse.__dict__.update({k: (copy_module.copy(v) if isinstance(v, dict) else v) for k, v in conv.__dict__.items()})
+        sparse.__dict__.update(
+            {key: copy_module.copy(value) if isinstance(value, dict) else value for key, value in conv.__dict__.items()}
+        )
         if copy:
             for key, param in sparse._parameters.items():
                 if param is not None:

@@ -1,0 +1,72 @@
+"""Cost model of the auto mode: predicted time of each path for one image, from the geometry.
+
+Times are in nanoseconds per element or per multiply-accumulate, calibrated from measurements
+of the benchmark suite (``benchmarks/``) on a 2-core AVX-512 machine; the model only has to rank
+the paths and to say when no sparse path can beat dense, so its constants need to be right
+within a factor, not exactly. A sparse path is taken only when predicted at least
+``_MARGIN`` cheaper than dense, so that model error costs speed-up, never a slow-down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._geometry import ConvGeometry
+
+_NS_PER_MAC = 0.012  # one multiply-accumulate inside a convolution call
+_NS_PER_OUTPUT = 0.12  # writing one float32 output element once (fill, or the convolution's store)
+_NS_PER_CHECK = 0.4  # activity check, per input element (two reductions over the input)
+_NS_PER_COPY = 0.3  # gathering one input element into a tile patch, or copying one output element back
+_NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call
+_MARGIN = 0.9
+
+
+@dataclass(frozen=True)
+class ImageCosts:
+    """Predicted nanoseconds per image of each path, for a layer and input size."""
+
+    dense: float
+    fill: float
+    check: float
+    tiles_full: float  # tiles path on a fully active image, without fill and check
+    rows_full: float
+
+    def tiles(self, fraction: float) -> float:
+        return self.fill + self.check + fraction * self.tiles_full
+
+    def rows(self, fraction: float) -> float:
+        return self.fill + self.check + fraction * self.rows_full
+
+
+def image_costs(g: ConvGeometry, itemsize: int) -> ImageCosts:
+    """Costs of one image of a layer; memory terms scale with the element size."""
+    width = itemsize / 4
+    outputs = g.out_channels * g.out_height * g.out_width
+    inputs = g.in_channels * g.height * g.width
+    macs = outputs * (g.in_channels // g.groups) * g.kernel[0] * g.kernel[1]
+    store = outputs * _NS_PER_OUTPUT * width
+    convolution = macs * _NS_PER_MAC + store
+    # Input read per tile over its share, for the default 16 x 32 tiles.
+    halo = (1 + g.window[0] / (16 * g.stride[0])) * (1 + g.window[1] / (32 * g.stride[1]))
+    return ImageCosts(
+        dense=convolution,
+        fill=store,
+        check=inputs * _NS_PER_CHECK * width,
+        tiles_full=convolution + (outputs + inputs * halo) * _NS_PER_COPY * width,
+        rows_full=convolution + outputs * _NS_PER_COPY * width,
+    )
+
+
+def sparse_can_win(costs: ImageCosts, batch: int) -> bool:
+    """Whether an all-zero batch through a sparse path would beat dense: if not, no input can."""
+    return _NS_FIXED + batch * (costs.fill + costs.check) < _MARGIN * batch * costs.dense
+
+
+def choose(costs: ImageCosts, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
+    """The cheapest path for one image, and the fraction of its output that path computes."""
+    if tile_fraction == 0.0:
+        return "fill", 0.0
+    tiles, rows = costs.tiles(tile_fraction), costs.rows(row_fraction)
+    if min(tiles, rows) >= _MARGIN * costs.dense:
+        return "dense", 1.0
+    return ("rows", row_fraction) if rows < tiles else ("tiles", tile_fraction)
