@@ -1,0 +1,294 @@
+"""``SparseConv2d`` as a drop-in ``nn.Conv2d``, and whole-model conversion with ``sparsify_``/``densify_``."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+
+import zeroskip
+from zeroskip import SparseConv2d
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+
+MODULE_CONFIGS = {
+    "3x3": dict(kernel_size=3, padding=1),
+    "7x7s2": dict(kernel_size=7, stride=2, padding=3, bias=False),
+    "2x4same": dict(kernel_size=(2, 4), padding="same"),
+    "5x3d2": dict(kernel_size=(5, 3), padding=(2, 3), dilation=2),
+    "depthwise": dict(kernel_size=3, padding=2, groups=4),
+    "valid_s2": dict(kernel_size=3, stride=(2, 1), padding="valid"),
+}
+
+
+def _pair_of_modules(config: str, padding_mode: str, mode: str, **factory) -> tuple[nn.Conv2d, SparseConv2d]:
+    arguments = dict(MODULE_CONFIGS[config], padding_mode=padding_mode, **factory)
+    torch.manual_seed(0)
+    dense = nn.Conv2d(4, 8, **arguments)
+    torch.manual_seed(0)
+    sparse = SparseConv2d(4, 8, mode=mode, **arguments)
+    return dense, sparse
+
+
+@pytest.mark.parametrize("mode", zeroskip.MODES)
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("config", MODULE_CONFIGS)
+def test_constructor_matches_nn_conv2d(config, padding_mode, mode, each_pattern):
+    """Same initial parameters as ``nn.Conv2d`` from the same seed, and the same output, for every padding mode."""
+    dense, sparse = _pair_of_modules(config, padding_mode, mode)
+    assert isinstance(sparse, nn.Conv2d) and sparse.padding_mode == padding_mode
+    assert dense.state_dict().keys() == sparse.state_dict().keys()
+    for key, value in dense.state_dict().items():
+        assert torch.equal(value, sparse.state_dict()[key])
+    with torch.no_grad():
+        for name, x in each_pattern((3, 4, 13, 17), core=True):
+            torch.testing.assert_close(sparse(x), dense(x), msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(sparse(x[0]), dense(x[0]), msg=lambda m, name=name: f"{name} unbatched: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_constructor_device_and_dtype(dtype, pattern):
+    dense, sparse = _pair_of_modules("3x3", "zeros", "tiles", device="cpu", dtype=dtype)
+    assert sparse.weight.dtype == dtype and sparse.bias.dtype == dtype
+    assert sparse.weight.device.type == "cpu"
+    x = pattern("blobs", (2, 4, 12, 12), dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x))
+
+
+def test_constructor_keeps_mode_and_tile_size():
+    conv = SparseConv2d(3, 5, 3, mode="rows", tile_size=(4, 8))
+    assert conv.mode == "rows" and conv.tile_size == (4, 8)
+    assert "mode='rows'" in repr(conv)
+
+
+@pytest.mark.parametrize("mode", zeroskip.MODES)
+def test_from_dense_shares_parameters(mode, pattern):
+    torch.manual_seed(0)
+    dense = nn.Conv2d(3, 6, 3, padding=1)
+    sparse = SparseConv2d.from_dense(dense, mode=mode)
+    assert type(dense) is nn.Conv2d, "from_dense must leave its argument an nn.Conv2d"
+    assert sparse.weight is dense.weight and sparse.bias is dense.bias
+    assert sparse.mode == mode
+    x = pattern("blobs", (2, 3, 10, 11))
+    with torch.no_grad():
+        dense.weight.mul_(2)
+        torch.testing.assert_close(sparse(x), dense(x))
+        dense.bias.fill_(float("inf"))
+        torch.testing.assert_close(sparse(x), dense(x), equal_nan=True)
+
+
+def test_from_dense_copy_is_independent(pattern):
+    torch.manual_seed(0)
+    dense = nn.Conv2d(3, 6, 3, padding=1)
+    sparse = SparseConv2d.from_dense(dense, copy=True)
+    assert sparse.weight is not dense.weight and sparse.bias is not dense.bias
+    assert sparse.weight.data_ptr() != dense.weight.data_ptr()
+    assert torch.equal(sparse.weight, dense.weight) and torch.equal(sparse.bias, dense.bias)
+    assert sparse.weight.requires_grad and isinstance(sparse.weight, nn.Parameter)
+    x = pattern("blobs", (2, 3, 10, 11))
+    with torch.no_grad():
+        before = dense(x)
+        dense.weight.zero_()
+        torch.testing.assert_close(sparse(x), before)
+    # The module dictionaries are the converted module's own as well.
+    sparse.register_buffer("extra", torch.zeros(1))
+    assert "extra" not in dense.state_dict()
+
+
+def test_from_dense_rejects_other_modules():
+    with pytest.raises(TypeError, match=r"`conv`.*Linear"):
+        SparseConv2d.from_dense(nn.Linear(2, 3))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_dict_keys_unchanged_and_loadable_both_ways(bias):
+    torch.manual_seed(0)
+    dense = nn.Conv2d(3, 6, 3, bias=bias)
+    sparse = SparseConv2d(3, 6, 3, bias=bias)
+    assert list(sparse.state_dict()) == list(dense.state_dict())
+    sparse.load_state_dict(dense.state_dict())
+    assert all(torch.equal(v, dense.state_dict()[k]) for k, v in sparse.state_dict().items())
+    torch.manual_seed(1)
+    other = SparseConv2d.from_dense(nn.Conv2d(3, 6, 3, bias=bias))
+    dense.load_state_dict(other.state_dict())
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in dense.state_dict().items())
+
+
+@pytest.mark.parametrize("change", ["in_place", "replace", "load_state_dict", "data"])
+def test_parameter_changes_after_a_call_are_seen(change, pattern):
+    """Non-finite weights make the layer dense; the cached check must notice every way of changing them."""
+    conv = SparseConv2d(3, 4, 3, padding=1, mode="tiles")
+    x = pattern("pixel_center", (1, 3, 16, 16))
+    with torch.no_grad():
+        assert not conv(x).isnan().any()
+        if change == "in_place":
+            conv.weight[0, 0, 0, 0] = float("inf")
+        elif change == "replace":
+            conv.weight = nn.Parameter(torch.full_like(conv.weight, float("inf")))
+        elif change == "load_state_dict":
+            conv.load_state_dict({"weight": torch.full_like(conv.weight, float("nan")), "bias": conv.bias})
+        else:
+            conv.weight.data[1, 2, 1, 1] = float("-inf")
+        expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+        torch.testing.assert_close(conv(x), expected, equal_nan=True)
+        assert expected.isnan().any()
+
+
+def _names_of(model: nn.Module, cls: type) -> list[str]:
+    return [name for name, module in model.named_modules() if type(module) is cls]
+
+
+class _Custom(nn.Conv2d):
+    """A user subclass: its own forward may differ, so sparsify_ leaves it alone."""
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)),
+        _Custom(4, 4, 3, padding=1),
+    ).eval()
+
+
+def test_sparsify_converts_every_conv_in_place(pattern):
+    model = _model()
+    dense_names = _names_of(model, nn.Conv2d)
+    keys = list(model.state_dict())
+    x = pattern("blobs", (2, 3, 20, 20))
+    with torch.no_grad():
+        expected = model(x)
+        assert zeroskip.sparsify_(model, mode="tiles") is model
+        assert _names_of(model, SparseConv2d) == dense_names == ["0", "2.0", "2.2"]
+        assert _names_of(model, _Custom) == ["3"]
+        assert all(module.mode == "tiles" for module in model.modules() if isinstance(module, SparseConv2d))
+        assert list(model.state_dict()) == keys
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_sparsify_filter_fn_gets_module_and_qualified_name():
+    model = _model()
+    seen = []
+
+    def only_grouped(module, name):
+        seen.append((type(module), name))
+        return module.groups > 1
+
+    zeroskip.sparsify_(model, filter_fn=only_grouped)
+    assert seen == [(nn.Conv2d, "0"), (nn.Conv2d, "2.0"), (nn.Conv2d, "2.2")]
+    assert _names_of(model, SparseConv2d) == ["2.0"]
+    assert _names_of(model, nn.Conv2d) == ["0", "2.2"]
+
+
+def test_sparsify_again_changes_mode():
+    model = zeroskip.sparsify_(_model(), mode="rows")
+    first = model[0]
+    zeroskip.sparsify_(model, mode="dense")
+    assert model[0] is first and first.mode == "dense"
+
+
+def test_sparsify_bare_conv_returns_converted_module():
+    conv = nn.Conv2d(3, 4, 3)
+    sparse = zeroskip.sparsify_(conv)
+    assert isinstance(sparse, SparseConv2d) and sparse.weight is conv.weight
+    dense = zeroskip.densify_(sparse)
+    assert type(dense) is nn.Conv2d and dense.weight is conv.weight
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: zeroskip.sparsify_(_model(), mode="fast"),
+        lambda: zeroskip.sparsify_(_model(), filter_fn="conv"),
+        lambda: zeroskip.sparsify_("model"),
+        lambda: zeroskip.densify_(3),
+    ],
+    ids=["mode", "filter_fn", "model", "densify_model"],
+)
+def test_conversion_bad_arguments(call):
+    with pytest.raises((TypeError, ValueError)):
+        call()
+
+
+def test_densify_round_trip(pattern):
+    model = _model()
+    parameters = {name: p for name, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = pattern("mixed_batch", (5, 3, 18, 18))
+    with torch.no_grad():
+        expected = model(x)
+        zeroskip.sparsify_(model)
+        assert zeroskip.densify_(model) is model
+        assert _names_of(model, SparseConv2d) == []
+        assert _names_of(model, nn.Conv2d) == ["0", "2.0", "2.2"]
+        assert not any(hasattr(m, "mode") or hasattr(m, "_zeroskip_name") for m in model.modules())
+        assert all(p is parameters[name] for name, p in model.named_parameters())
+        assert list(model.state_dict()) == list(state)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_forward_hooks_survive_conversion(pattern):
+    model = _model()
+    calls = []
+    model[0].register_forward_hook(lambda module, args, output: calls.append(type(module)))
+    x = pattern("blobs", (1, 3, 12, 12))
+    with torch.no_grad():
+        zeroskip.sparsify_(model)(x)
+        zeroskip.densify_(model)(x)
+    assert calls == [SparseConv2d, nn.Conv2d]
+
+
+def test_sparsified_model_copies_pickles_and_casts(pattern):
+    model = zeroskip.sparsify_(_model(), mode="tiles")
+    x = pattern("blobs", (2, 3, 16, 16))
+    with torch.no_grad():
+        expected = model(x)
+        clone = copy.deepcopy(model)
+        torch.testing.assert_close(clone(x), expected)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert isinstance(loaded[0], SparseConv2d)
+        torch.testing.assert_close(loaded(x), expected)
+        reference = zeroskip.densify_(copy.deepcopy(model)).double()
+        torch.testing.assert_close(model.double()(x.double()), reference(x.double()))
+
+
+@pytest.mark.parametrize("mode", ["auto", "tiles", "rows"])
+def test_resnet18_same_output_after_sparsify(mode, pattern):
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    model = models.resnet18(weights=None).eval()
+    keys = list(model.state_dict())
+    convs = _names_of(model, nn.Conv2d)
+    x = pattern("mixed_batch", (5, 3, 64, 80))
+    with torch.no_grad():
+        expected = model(x)
+        zeroskip.sparsify_(model, mode=mode)
+        assert _names_of(model, SparseConv2d) == convs and len(convs) == 20
+        assert list(model.state_dict()) == keys
+        with zeroskip.profile() as prof:
+            actual = model(x)
+        torch.testing.assert_close(actual, expected)
+        assert [record.name for record in prof.records] == convs
+        zeroskip.densify_(model)
+        torch.testing.assert_close(model(x), expected)
+    assert _names_of(model, nn.Conv2d) == convs
+
+
+def test_sparsified_model_trains(pattern):
+    """With autograd recording, the sparse modules run dense and gradients match the dense model's."""
+    dense = _model().train()
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    x = pattern("blobs", (2, 3, 12, 12))
+    for model in (dense, sparse):
+        model(x).square().sum().backward()
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=lambda m, name=name: f"{name}: {m}")
