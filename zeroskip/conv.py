@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy as copy_module
+import dataclasses
 import time
 
 import torch
@@ -15,7 +16,8 @@ from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import active_rows, row_bands, run_rows
-from ._tiles import active_tiles, activity_cell, default_tile_size, new_padded_buffer, pad_into, run_tiles
+from ._tiles import active_tiles, activity_cell, default_tile_size, new_padded_buffer, output_tiles, pad_into, run_tiles
+from .network import carry_conv
 
 MODES = ("auto", "dense", "rows", "tiles")
 
@@ -84,11 +86,16 @@ def _dense_output_strides(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry
     return (c * h * w, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
 
 
-def _new_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> torch.Tensor:
+def _new_output(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry, fill=None
+) -> torch.Tensor:
     shape = (g.batch, g.out_channels, g.out_height, g.out_width)
     strides = _dense_output_strides(x, weight, g)
     out, zeroed = empty_strided(shape, strides, x.dtype, x.device)
-    if bias is None:
+    if fill is not None:
+        # Whole-network mode: the values a carried input gives the skipped outputs.
+        fill(out)
+    elif bias is None:
         if not zeroed:
             out.zero_()
     else:
@@ -122,14 +129,20 @@ def _choose(mode: str, costs: ImageCosts, tile_fraction: float, row_fraction: fl
     return choose(costs, tile_fraction, row_fraction)
 
 
-def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, weights_finite):
-    """Returns the output, what ran, the active fraction and the plan detail."""
+def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, weights_finite, activity=None, fill=None):
+    """Returns the output, what ran, the active fraction and the plan detail.
+
+    ``activity`` (uint8 ``(B, H_out, W_out)``, from a carried input) replaces the activity check,
+    and ``fill`` writes the values of the skipped outputs.
+    """
     reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias, weights_finite)
     costs = image_costs(g, x.element_size())
+    if activity is not None:
+        costs = dataclasses.replace(costs, check=0.0)
     if not reason and mode == "auto":
         if not sparse_can_win(costs, g.batch):
             reason = "layer too cheap to skip"
-        else:
+        elif activity is None:
             density = sampled_density(x)
             if bool((density > _DENSE_SAMPLE_DENSITY).all()):
                 reason = f"sampled density {density.min().item():.2f}"
@@ -138,12 +151,12 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
 
     tile = tile_size if tile_size is not None else default_tile_size(g)
     tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
-    out = _new_output(x, weight, bias, g)
+    out = _new_output(x, weight, bias, g, fill)
     chosen: list[str] = []
     fractions: list[float] = []
     tiles_run = 0
     if mode == "rows":
-        rows = active_rows(x, g)
+        rows = active_rows(x, g) if activity is None else activity.any(2)
         for fraction in rows.float().mean(1).tolist():
             path, fraction = _choose(mode, costs, 1.0, fraction)
             chosen.append(path)
@@ -154,7 +167,10 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
         buffer = None
         for start in range(0, g.batch, per_chunk):
             chunk = x[start : start + per_chunk]
-            active = active_tiles(chunk, cell, g, tile)
+            if activity is None:
+                active = active_tiles(chunk, cell, g, tile)
+            else:
+                active = output_tiles(activity[start : start + per_chunk], tile)
             for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):
                 path, fraction = _choose(mode, costs, tile_fraction, row_fraction)
                 chosen.append(path)
@@ -178,7 +194,10 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
         out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
     row_images = [b for b, path in enumerate(chosen) if path == "rows"]
     if row_images:
-        rows_map = rows[row_images] if mode == "rows" else active_rows(x[row_images], g)
+        if mode == "rows":
+            rows_map = rows[row_images]
+        else:
+            rows_map = active_rows(x[row_images], g) if activity is None else activity[row_images].any(2)
         bands = row_bands(rows_map)
         run_rows(x, weight, bias, out, g, bands, row_images)
         detail.append(f"bands={sum(len(b) for b in bands)}")
@@ -197,7 +216,14 @@ def _conv2d(
     start = time.perf_counter() if timed else 0.0
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size, weights_finite)
+    carry = carry_conv(x, weight, bias, stride, padding, dilation, groups, g)
+    if carry is None:
+        out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size, weights_finite)
+    else:
+        out, ran, fraction, detail = _forward(
+            carry.values, weight, bias, padding, g, mode, tile_size, weights_finite, carry.activity, carry.fill
+        )
+        out = carry.finish(out)
     if unbatched:
         out = out.squeeze(0)
     if timed:

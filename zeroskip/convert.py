@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .conv import SparseConv2d, _check_mode
+from .network import attach, detach
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -54,7 +55,10 @@ def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | Non
                 setattr(module, child_name, replacement)
         return module
 
-    return convert(model, "")
+    model = convert(model, "")
+    if not isinstance(model, SparseConv2d):
+        attach(model)
+    return model
 
 
 def densify_(model: nn.Module) -> nn.Module:
@@ -64,6 +68,7 @@ def densify_(model: nn.Module) -> nn.Module:
         raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, SparseConv2d):
         return _dense_copy(model)
+    detach(model)
     for child_name, child in model.named_children():
         replacement = densify_(child)
         if replacement is not child:

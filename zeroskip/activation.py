@@ -1,0 +1,366 @@
+"""Feature maps that remember where they can differ from the background, through any layer.
+
+A :class:`SparseActivation` is an ordinary dense tensor (its values are all there, so any code can
+read it) that also carries a :class:`Carry`: a pixel activity map, off wherever the value is known
+to equal a :class:`~zeroskip._background.Background` field. Layers that act pointwise, pool over
+windows, resize by nearest neighbour, add or concatenate keep the carry up to date; sparse
+convolutions read it instead of measuring their input (see :mod:`zeroskip.network`). Every other
+operation returns a plain tensor, so a network always computes what it would have computed anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ._background import Background, aligned
+
+
+@dataclass(frozen=True)
+class Carry:
+    """What a :class:`SparseActivation` knows about its values.
+
+    Attributes:
+        activity: uint8 ``(B, 1, H, W)``, 0 where the value equals ``background``.
+        background: the values wherever ``activity`` is 0.
+    """
+
+    activity: torch.Tensor
+    background: Background
+
+
+class SparseActivation(torch.Tensor):
+    """A dense ``(B, C, H, W)`` tensor with a :class:`Carry`; made by :func:`wrap`, read by :func:`carried`."""
+
+    _zeroskip_carry: Carry | None
+    _zeroskip_version: int | None
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = _HANDLERS.get(func)
+        if handler is not None:
+            result = handler(func, args, kwargs)
+            if result is not NotImplemented:
+                return result
+        with torch._C.DisableTorchFunctionSubclass():
+            result = func(*args, **kwargs)
+            # Anything this module does not know may have written into its inputs' values.
+            if _mutates(func, kwargs):
+                for target in (args[0] if args else None, kwargs.get("out")):
+                    if isinstance(target, SparseActivation):
+                        target._zeroskip_carry = None
+        return result
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    # Inference tensors have no version counter; in-place calls are then caught by name only.
+    return None if tensor.is_inference() else tensor._version
+
+
+def carried(tensor: object) -> Carry | None:
+    """The carry of ``tensor``, or ``None`` for a plain tensor or one modified since it was set."""
+    if not isinstance(tensor, SparseActivation):
+        return None
+    with torch._C.DisableTorchFunctionSubclass():
+        carry = getattr(tensor, "_zeroskip_carry", None)
+        if carry is None or _version(tensor) != tensor._zeroskip_version:
+            return None
+        return carry
+
+
+def _set_carry(tensor: SparseActivation, carry: Carry | None) -> None:
+    with torch._C.DisableTorchFunctionSubclass():
+        tensor._zeroskip_carry = carry
+        tensor._zeroskip_version = _version(tensor)
+
+
+def wrap(values: torch.Tensor, activity: torch.Tensor, background: Background) -> torch.Tensor:
+    """``values`` as a :class:`SparseActivation`, or as a plain tensor when everything is active.
+
+    Args:
+        values: ``(B, C, H, W)``, equal to ``background`` wherever ``activity`` is 0.
+        activity: uint8 ``(B, 1, H, W)``.
+        background: field of size ``(H, W)``.
+    """
+    if bool(activity.all()):
+        return plain(values)
+    result = values if isinstance(values, SparseActivation) else values.as_subclass(SparseActivation)
+    _set_carry(result, Carry(activity, background))
+    return result
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """The same values as an ordinary ``torch.Tensor`` (no copy)."""
+    return tensor.as_subclass(torch.Tensor) if isinstance(tensor, SparseActivation) else tensor
+
+
+def start(x: torch.Tensor) -> torch.Tensor:
+    """Begin carrying an input ``(B, C, H, W)`` whose inactive pixels are exactly zero."""
+    activity = x.ne(0).any(1, keepdim=True).to(torch.uint8)
+    return wrap(x, activity, Background.constant(x.new_zeros(1, x.shape[1]), tuple(x.shape[2:])))
+
+
+def dilate(
+    activity: torch.Tensor,
+    out_size: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pad: tuple[int, int],
+) -> torch.Tensor:
+    """Activity of a windowed op's output: whether the window of each output reads an active pixel.
+
+    Args:
+        activity: uint8 ``(B, 1, H, W)``.
+        out_size: ``(H_out, W_out)`` of the op; output ``i`` reads rows
+            ``i * stride - pad + dilation * t`` for ``0 <= t < kernel`` (outside the image: inactive).
+        kernel, stride, dilation, pad: per axis (rows, columns); ``pad`` is the leading padding.
+
+    Returns:
+        uint8 ``(B, 1, H_out, W_out)``.
+    """
+    for dim, n, k, s, d, p in zip((2, 3), out_size, kernel, stride, dilation, pad):
+        if k == 1 and s == 1 and p == 0 and n == activity.shape[dim]:
+            continue
+        span = (n - 1) * s + 1
+        pads = [0, 0, 0, 0]
+        pads[2 * (3 - dim)] = p
+        pads[2 * (3 - dim) + 1] = span + d * (k - 1) - activity.shape[dim] - p
+        padded = F.pad(activity, pads)
+        # Maximum of shifted copies: along rows strided, along columns dense then subsampled
+        # (a strided innermost dimension is slow); max_pool2d is far slower on one channel.
+        if dim == 2:
+            shifted = [padded[:, :, t * d : t * d + span : s] for t in range(k)]
+        else:
+            shifted = [padded[..., t * d : t * d + span] for t in range(k)]
+        result = shifted[0].clone()
+        for view in shifted[1:]:
+            torch.maximum(result, view, out=result)
+        activity = result if dim == 2 or s == 1 else result[..., ::s].contiguous()
+    return activity
+
+
+def _mutates(func: Callable, kwargs: dict) -> bool:
+    name = getattr(func, "__name__", "")
+    in_place = (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
+    return in_place or bool(kwargs.get("inplace")) or "out" in kwargs
+
+
+def _spatially_constant(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` broadcasts against ``(B, C, H, W)`` without varying over H and W."""
+    if tensor.dim() < 2:
+        return tensor.numel() == 1
+    return tensor.dim() <= 4 and tensor.shape[-2] == 1 and tensor.shape[-1] == 1
+
+
+def _union(activities: Sequence[torch.Tensor], batch: int) -> torch.Tensor | None:
+    union = activities[0]
+    for activity in activities[1:]:
+        union = torch.maximum(union, activity)
+    if union.shape[0] == batch:
+        return union
+    return union.expand(batch, -1, -1, -1) if union.shape[0] == 1 else None
+
+
+def _pointwise(func, args, kwargs, inputs: Sequence[int] | None = None):
+    """Any op whose output pixel depends only on the same pixel of its carried inputs.
+
+    ``inputs`` lists the positions of the feature-map arguments (all tensor arguments when
+    ``None``; those that are not carried must then be constant over H and W).
+    """
+    if "out" in kwargs:
+        return NotImplemented
+    positions = inputs if inputs is not None else [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    carries = {}
+    for i in positions:
+        carry = carried(args[i]) if i < len(args) else None
+        if carry is None and (inputs is not None or not _spatially_constant(args[i])):
+            return NotImplemented
+        if carry is not None:
+            carries[i] = carry
+    if not carries or inputs is None and any(
+        isinstance(v, torch.Tensor) and not _spatially_constant(v) for v in kwargs.values()
+    ):
+        return NotImplemented
+    sizes = {c.background.size for c in carries.values()}
+    if len(sizes) != 1:
+        return NotImplemented
+    in_place = _mutates(func, kwargs)
+    with torch._C.DisableTorchFunctionSubclass():
+        result = func(*args, **kwargs)
+    if in_place:
+        # Its carry is stale from here on; the one computed below replaces it.
+        _set_carry(args[0], None)
+    if not isinstance(result, torch.Tensor) or result.dim() != 4 or tuple(result.shape[2:]) != sizes.pop():
+        return plain(result) if isinstance(result, torch.Tensor) else result
+    activity = _union([c.activity for c in carries.values()], result.shape[0])
+    if activity is None:
+        return plain(result)
+    fields = dict(zip(carries, aligned([c.background for c in carries.values()])))
+    # Cores are shared between tensors: an op in place by name runs on a copy.
+    core_args = [
+        (fields[i].core.clone() if in_place and i == 0 else fields[i].core) if i in fields else a
+        for i, a in enumerate(args)
+    ]
+    core_kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    with torch._C.DisableTorchFunctionSubclass():
+        core = func(*core_args, **core_kwargs)
+    some = next(iter(fields.values()))
+    return wrap(result, activity, Background(core, some.size, some.rows, some.cols))
+
+
+def _argument(args, kwargs, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _batch_norm(func, args, kwargs):
+    # Inference statistics act per channel, pointwise; batch statistics depend on every pixel.
+    if _argument(args, kwargs, 5, "training", False) or _argument(args, kwargs, 1, "running_mean") is None:
+        return NotImplemented
+    return _pointwise(func, args, kwargs, inputs=[0])
+
+
+def _dropout(func, args, kwargs):
+    if _argument(args, kwargs, 2, "training", True):
+        return NotImplemented
+    return args[0] if carried(args[0]) is not None else NotImplemented
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def _windowed(x, result, core_op, kernel, stride, padding, dilation):
+    """Carry through a pooling op whose output ``result`` reads a window of ``x``; ``core_op`` is
+    the same op as a function of one tensor."""
+    carry = carried(x)
+    if not isinstance(result, torch.Tensor) or result.dim() != 4:
+        return result
+    kernel, padding, dilation = _pair(kernel), _pair(padding), _pair(dilation)
+    stride = _pair(stride) if stride is not None and len(_as_list(stride)) else kernel
+    activity = dilate(carry.activity, tuple(result.shape[2:]), kernel, stride, dilation, padding)
+    window = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    background = carry.background.windowed(core_op, tuple(result.shape[2:]), window, stride, padding)
+    return wrap(result, activity, background)
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _pool(func, args, kwargs, names: tuple[str, ...]):
+    if carried(args[0]) is None:
+        return NotImplemented
+    # ceil_mode needs no handling: the output size says which windows there are.
+    options = {name: _argument(args, kwargs, i + 1, name) for i, name in enumerate(names)}
+    if options.get("return_indices"):
+        return NotImplemented
+    with torch._C.DisableTorchFunctionSubclass():
+        result = func(*args, **kwargs)
+
+    def core_op(core: torch.Tensor) -> torch.Tensor:
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(core, *args[1:], **kwargs)
+
+    return _windowed(
+        args[0], result, core_op, options["kernel_size"], options["stride"], options["padding"] or 0,
+        options.get("dilation") or 1,
+    )
+
+
+def _max_pool2d(func, args, kwargs):
+    return _pool(func, args, kwargs, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
+
+
+def _avg_pool2d(func, args, kwargs):
+    return _pool(func, args, kwargs, ("kernel_size", "stride", "padding", "ceil_mode"))
+
+
+def _adaptive_avg_pool2d(func, args, kwargs):
+    """Carried when the output size divides the input size: it is then an average pool."""
+    x = args[0]
+    if carried(x) is None or x.dim() != 4:
+        return NotImplemented
+    height, width = x.shape[2:]
+    out = _as_list(_argument(args, kwargs, 1, "output_size"))
+    out = (out[0] or height, out[-1] or width)
+    if height % out[0] or width % out[1]:
+        return NotImplemented
+    kernel = (height // out[0], width // out[1])
+    with torch._C.DisableTorchFunctionSubclass():
+        result = func(*args, **kwargs)
+    return _windowed(x, result, lambda core: F.avg_pool2d(core, kernel), kernel, kernel, 0, 1)
+
+
+def _interpolate(func, args, kwargs):
+    carry = carried(args[0])
+    if carry is None or args[0].dim() != 4 or _argument(args, kwargs, 3, "mode", "nearest") not in (
+        "nearest", "nearest-exact"
+    ):
+        return NotImplemented
+    with torch._C.DisableTorchFunctionSubclass():
+        result = func(*args, **kwargs)
+        height, width = args[0].shape[2:]
+        # Let the op itself say which input row and column each output pixel reads.
+        rows = torch.arange(height, dtype=torch.float32).view(1, 1, height, 1).expand(1, 1, height, width)
+        cols = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width).expand(1, 1, height, width)
+        row_source = func(rows, *args[1:], **kwargs)[0, 0, :, 0].long().tolist()
+        col_source = func(cols, *args[1:], **kwargs)[0, 0, 0, :].long().tolist()
+        activity = func(carry.activity, *args[1:], **kwargs)
+    return wrap(result, activity, carry.background.resample(row_source, col_source))
+
+
+def _cat(func, args, kwargs):
+    tensors = _argument(args, kwargs, 0, "tensors")
+    dim = _argument(args, kwargs, 1, "dim", 0)
+    carries = [carried(t) for t in tensors]
+    if not tensors or any(c is None for c in carries) or tensors[0].dim() != 4 or dim not in (1, -3):
+        return NotImplemented
+    with torch._C.DisableTorchFunctionSubclass():
+        result = func(*args, **kwargs)
+    activity = _union([c.activity for c in carries], result.shape[0])
+    if activity is None:
+        return plain(result)
+    fields = aligned([c.background for c in carries])
+    batch = max(f.core.shape[0] for f in fields)
+    core = torch.cat([f.core.expand(batch, -1, -1, -1) for f in fields], 1)
+    return wrap(result, activity, Background(core, fields[0].size, fields[0].rows, fields[0].cols))
+
+
+def _handlers() -> dict[Callable, Callable]:
+    T = torch.Tensor
+    pointwise = [
+        F.relu, F.relu_, torch.relu, torch.relu_, T.relu, T.relu_,
+        F.relu6, F.hardtanh, F.hardtanh_, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.gelu,
+        F.silu, F.mish, F.hardswish, F.hardsigmoid, F.softplus,
+        F.sigmoid, torch.sigmoid, torch.sigmoid_, T.sigmoid, T.sigmoid_,
+        F.tanh, torch.tanh, torch.tanh_, T.tanh, T.tanh_,
+        torch.clamp, T.clamp, T.clamp_, torch.neg, T.neg, T.__neg__,
+        torch.add, T.add, T.add_, T.__add__, T.__radd__, T.__iadd__,
+        torch.sub, T.sub, T.sub_, T.__sub__, T.__rsub__, T.__isub__,
+        torch.mul, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__,
+        torch.div, T.div, T.div_, T.__truediv__, T.__rtruediv__, T.__itruediv__, T.__rdiv__,
+    ]
+    table = dict.fromkeys(pointwise, _pointwise)
+    table.update({
+        F.batch_norm: _batch_norm,
+        F.dropout: _dropout, F.dropout2d: _dropout, F.alpha_dropout: _dropout, F.feature_alpha_dropout: _dropout,
+        F.max_pool2d: _max_pool2d,
+        F.avg_pool2d: _avg_pool2d,
+        F.adaptive_avg_pool2d: _adaptive_avg_pool2d,
+        F.interpolate: _interpolate,
+        torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+    })
+    return table
+
+
+_HANDLERS = _handlers()

@@ -1,0 +1,180 @@
+"""Whole-network sparse inference: carry the inactive region from layer to layer.
+
+:func:`zeroskip.sparsify_` attaches two hooks to the model. On the way in, a masked input becomes a
+:class:`~zeroskip.activation.SparseActivation` (its zero pixels are the inactive region); inside,
+each sparse convolution reads the carried activity map instead of measuring its input, computes only
+the output tiles that the active region reaches, and fills the rest with the background field the
+network produces from an all-background input; on the way out, outputs become plain tensors again.
+
+The carry ends, and the network continues on plain tensors, wherever a layer is not one that keeps
+it (see :mod:`zeroskip.activation`) or a convolution runs densely: then the active region has grown
+too large to be worth skipping.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._activity import sampled_density
+from ._background import Background
+from ._geometry import ConvGeometry
+from .activation import SparseActivation, _version, carried, dilate, plain, start, wrap
+
+# Above this sampled pixel density the first convolution runs densely anyway (the engine's own
+# early exit), so carrying would only add the cost of the activity map.
+_CARRY_MAX_DENSITY = 0.5
+# A convolution the engine runs densely (too small to skip, or too active) still passes the carry
+# on while at most this fraction of its output is active: later, larger layers may skip the rest.
+_DENSE_CARRY_MAX_ACTIVE = 0.5
+
+
+class _BackgroundCache:
+    """The output background of each convolution, kept while its weights and input background
+    stay the same: on video every frame has the same background, so it is computed once."""
+
+    def __init__(self) -> None:
+        # id(weight) -> (weak reference to the weight, key, input core, output background)
+        self._entries: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(weight, bias, args, background: Background):
+        versions = [_version(t) for t in (weight, bias) if t is not None]
+        if None in versions:
+            return None
+        pointers = [t.data_ptr() for t in (weight, bias) if t is not None]
+        return (*versions, *pointers, bias is None, args, background.size, background.rows, background.cols)
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def get(self, weight, bias, args, background: Background, compute: Callable[[], Background]) -> Background:
+        key = self._key(weight, bias, args, background)
+        if key is None:
+            return compute()
+        with self._lock:
+            entry = self._entries.get(id(weight))
+        if entry is not None and entry[0]() is weight and entry[1] == key and torch.equal(entry[2], background.core):
+            return entry[3]
+        result = compute()
+        index = id(weight)
+        reference = weakref.ref(weight, lambda _: self._forget(index))
+        with self._lock:
+            self._entries[index] = (reference, key, background.core, result)
+        return result
+
+
+_CACHE = _BackgroundCache()
+
+
+@dataclass
+class ConvCarry:
+    """A convolution of a carried input: what the engine needs, and how to carry its output on.
+
+    Attributes:
+        values: the input values, a plain tensor.
+        activity: uint8 ``(B, H_out, W_out)``, non-zero at output pixels that may differ from
+            the background.
+    """
+
+    values: torch.Tensor
+    activity: torch.Tensor
+    _out_activity: torch.Tensor
+    _background: Callable[[], Background]
+    _filled: Background | None = field(default=None)
+
+    def fill(self, out: torch.Tensor) -> None:
+        """Write the output background into ``out``, the engine's output before active tiles run."""
+        self._filled = self._background()
+        self._filled.fill(out)
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The convolution's output, carried on unless the engine ran it densely with most of it active."""
+        if self._filled is None:
+            if float(self._out_activity.float().mean()) > _DENSE_CARRY_MAX_ACTIVE:
+                return plain(out)
+            self._filled = self._background()
+        return wrap(out, self._out_activity, self._filled)
+
+
+def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry) -> ConvCarry | None:
+    """The carry of a convolution call, or ``None`` when ``input`` carries nothing (4-D inputs only)."""
+    carry = carried(input)
+    if carry is None or input.dim() != 4:
+        return None
+    out_activity = dilate(
+        carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
+    )
+    args = (stride, padding, dilation, groups)
+
+    def compute() -> Background:
+        def op(core: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(core, weight, bias, stride, padding, dilation, groups)
+
+        return carry.background.windowed(op, (g.out_height, g.out_width), g.window, g.stride, (g.pad_top, g.pad_left))
+
+    def background() -> Background:
+        return _CACHE.get(weight, bias, repr(args), carry.background, compute)
+
+    return ConvCarry(plain(input), out_activity[:, 0], out_activity, background)
+
+
+def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
+    if not args or not _worth_carrying(module, args[0]):
+        return None
+    return (start(args[0]), *args[1:])
+
+
+def _worth_carrying(module: nn.Module, x: object) -> bool:
+    if not isinstance(x, torch.Tensor) or isinstance(x, SparseActivation) or x.dim() != 4:
+        return False
+    if not x.is_floating_point() or x.layout != torch.strided or x.numel() == 0:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        # Sparse convolutions run densely under autograd anyway.
+        return False
+    return bool((sampled_density(x) <= _CARRY_MAX_DENSITY).any())
+
+
+def _plain_outputs(module: nn.Module, args: tuple, output):
+    if isinstance(output, torch.Tensor):
+        return plain(output)
+    if isinstance(output, (tuple, list)) and any(isinstance(o, SparseActivation) for o in output):
+        items = [plain(o) if isinstance(o, torch.Tensor) else o for o in output]
+        return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
+    if isinstance(output, dict) and any(isinstance(o, SparseActivation) for o in output.values()):
+        result = output.copy()
+        for key, value in output.items():
+            if isinstance(value, torch.Tensor):
+                result[key] = plain(value)
+        return result
+    return output
+
+
+_HOOKS_ATTRIBUTE = "_zeroskip_network_hooks"
+
+
+def attach(model: nn.Module) -> None:
+    """Make ``model``'s forward carry the inactive region of its first input through the network
+    (done by :func:`zeroskip.sparsify_`). Hooks on its submodules are removed: one entry point."""
+    for module in model.modules():
+        detach(module)
+    setattr(
+        model,
+        _HOOKS_ATTRIBUTE,
+        (model.register_forward_pre_hook(_carry_input), model.register_forward_hook(_plain_outputs)),
+    )
+
+
+def detach(model: nn.Module) -> None:
+    """Undo :func:`attach` (done by :func:`zeroskip.densify_`)."""
+    for handle in model.__dict__.pop(_HOOKS_ATTRIBUTE, ()):
+        handle.remove()
