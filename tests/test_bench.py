@@ -121,3 +121,23 @@ def test_row_bands_cover_whole_rows():
 )
 def test_operator_steps(operator, functions, step):
     assert bench._operator_step(operator, functions) == step
+
+
+@pytest.mark.parametrize(
+    "frame, inside",
+    [
+        ("/src/zeroskip/_tiles.py(120)", True),
+        ("C:\\src\\zeroskip\\conv.py(7)", True),
+        ("/venv/bin/zeroskip(8)", False),  # the console script
+        ("/src/zeroskip/bench.py(300)", False),  # the suite itself
+        ("/src/zeroskip_extra/conv.py(7)", False),
+    ],
+)
+def test_engine_frames_are_recognised(frame, inside):
+    assert bool(bench._PACKAGE_FILE.search(frame)) is inside
+
+
+def test_busy_machine_is_flagged():
+    quiet = {"cpu_affinity": 2, "cpu_count": 2, "load_average_start": (1.5, 1, 1), "load_average_end": (1.9, 1, 1)}
+    assert bench._busy_note(quiet) == ""
+    assert "busy" in bench._busy_note({**quiet, "load_average_end": (5.2, 4, 3)})

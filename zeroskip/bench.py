@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -658,6 +659,9 @@ WORKLOADS: dict[str, Workload] = {
 
 # W1 breakdown ------------------------------------------------------------------------------------
 
+# A Python frame in a zeroskip engine module (not this one), as torch.profiler names it:
+# ".../zeroskip/_tiles.py(120)".
+_PACKAGE_FILE = re.compile(r"zeroskip[/\\](?!bench\.py)\w+\.py\(\d+\)$")
 BREAKDOWN_STEPS = ("activity check", "planning", "gather", "convolution", "scatter", "fill", "allocation", "python")
 # The step of every operator called from these zeroskip functions (the innermost one listed wins).
 _FUNCTION_STEPS = {
@@ -694,7 +698,8 @@ def _operator_step(name: str, functions: Sequence[str]) -> str:
 
 
 def _is_python(event) -> bool:
-    return ".py(" in event.name or event.name.startswith(("<built-in", "torch/", "<"))
+    flag = getattr(event, "is_python_function", None)
+    return flag if isinstance(flag, bool) else ".py(" in event.name or event.name.startswith("<")
 
 
 def _zeroskip_functions(event) -> list[str]:
@@ -702,8 +707,9 @@ def _zeroskip_functions(event) -> list[str]:
     names = []
     parent = event.cpu_parent
     while parent is not None:
-        if "zeroskip" in parent.name and ".py(" in parent.name and "bench.py" not in parent.name:
-            names.append(parent.name.rsplit(": ", 1)[-1])
+        path, _, function = parent.name.rpartition(": ")
+        if _PACKAGE_FILE.search(path):
+            names.append(function)
         parent = parent.cpu_parent
     return names
 
@@ -1015,6 +1021,17 @@ def metadata(settings: Settings) -> dict:
     }
 
 
+def _busy_note(meta: dict) -> str:
+    """A warning when other processes competed for the cores during the run, else ``""``."""
+    cores = meta["cpu_affinity"] or meta["cpu_count"] or 1
+    loads = [load[0] for load in (meta["load_average_start"], meta["load_average_end"]) if load]
+    if not loads or max(loads) <= cores:
+        return ""
+    return (f"the machine was busy: 1-minute load average up to {max(loads):.1f} on {cores} cores during the run."
+            " Timings are unreliable, multi-threaded zeroskip ones most (its many short parallel operators each"
+            " wait for descheduled threads); rerun on a quiet machine.")
+
+
 # Report ------------------------------------------------------------------------------------------
 
 
@@ -1070,7 +1087,9 @@ def render_markdown(results: dict) -> str:
               " `benchmarks/README.md`. Times are per input tensor (per frame at batch 1), medians of"
               f" {results['settings']['repeats']} alternating timed blocks, interquartile range in brackets.", ""]
     lines += _table(("", ""), [(key, value) for key, value in meta.items() if key != "note"])
-    lines += ["", f"Run time: {results['elapsed_s']:.0f} s.", "", "## Targets", ""]
+    lines += ["", f"Run time: {results['elapsed_s']:.0f} s."]
+    lines += [f"\n**Note:** {note}" for note in results.get("notes", [])]
+    lines += ["", "## Targets", ""]
     lines += _table(("target", "measured", "status"),
                     [(t["target"], t["shown"], f"**{t['status']}**") for t in results["targets"]])
     for name, section in results["sections"].items():
@@ -1084,8 +1103,6 @@ def render_markdown(results: dict) -> str:
         if "peer" in section:
             lines += ["", "### Peer: spconv (CPU)", ""]
             lines += _peer_lines(section["peer"])
-    for note in results.get("notes", []):
-        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -1204,6 +1221,10 @@ def run(settings: Settings) -> dict:
                 if reason:
                     notes.append(reason)
         meta["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        busy = _busy_note(meta)
+        if busy:
+            notes.append(busy)
+            ctx.log(f"warning: {busy}")
         results = {
             "metadata": meta,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
