@@ -1,0 +1,268 @@
+"""Carrying the inactive region through each kind of layer: exact outputs, and the carry survives
+every listed layer type (and ends, exactly, at any other)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import EAGER_COSTS, make_pattern
+
+import zeroskip
+import zeroskip._cost
+from zeroskip.activation import SparseActivation, carried
+from zeroskip.models import randomize_batchnorm_
+
+
+class Probe(nn.Module):
+    """Identity that records whether its input still carries an activity map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.carried: list[bool] = []
+
+    def forward(self, x):
+        self.carried.append(carried(x) is not None)
+        return x
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int, in_place: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
+        self.in_place = in_place
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.in_place:
+            y += x
+            return y
+        return y + x
+
+
+class Concat(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(channels, channels // 2, 1)
+        self.b = nn.Sequential(nn.Conv2d(channels, channels - channels // 2, 3, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], dim=1)
+
+
+class Lambda(nn.Module):
+    def __init__(self, function) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+C = 8
+# Layers the carry must pass through (the issue's list, and a few more pointwise ones).
+CARRIED = {
+    "batchnorm": lambda: nn.BatchNorm2d(C),
+    "relu": nn.ReLU,
+    "relu_inplace": lambda: nn.ReLU(inplace=True),
+    "relu6": nn.ReLU6,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True),
+    "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,
+    "hardsigmoid": nn.Hardsigmoid,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "maxpool": lambda: nn.MaxPool2d(3, 2, 1),
+    "maxpool_ceil": lambda: nn.MaxPool2d(2, 2, ceil_mode=True),
+    "maxpool_dilated": lambda: nn.MaxPool2d(3, 1, 1, dilation=2),
+    "avgpool": lambda: nn.AvgPool2d(3, 2, 1),
+    "avgpool_exclude_pad": lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+    "adaptive_avgpool": lambda: nn.AdaptiveAvgPool2d((12, 15)),
+    "identity": nn.Identity,
+    "dropout": nn.Dropout,
+    "dropout2d": nn.Dropout2d,
+    "upsample_nearest": lambda: nn.Upsample(scale_factor=2, mode="nearest"),
+    "upsample_nearest_size": lambda: nn.Upsample(size=(27, 41), mode="nearest"),
+    "interpolate_nearest_exact": lambda: Lambda(lambda x: F.interpolate(x, scale_factor=1.5, mode="nearest-exact")),
+    "residual_add": lambda: Residual(C, in_place=False),
+    "residual_add_inplace": lambda: Residual(C, in_place=True),
+    "concat": lambda: Concat(C),
+    "scale_and_shift": lambda: Lambda(lambda x: x * torch.linspace(0.5, 2, C).view(1, C, 1, 1) - 0.25),
+    "sub_from_scalar": lambda: Lambda(lambda x: 1 - x / 2),
+    "clamp": lambda: Lambda(lambda x: x.clamp(-0.5, 0.5)),
+}
+# Layers that end the carry: the network continues on plain tensors.
+ENDING = {
+    "groupnorm": lambda: nn.GroupNorm(2, C),
+    "bilinear": lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+    "zero_pad": lambda: nn.ZeroPad2d((1, 2, 0, 3)),
+    "flip": lambda: Lambda(lambda x: x.flip(-1)),
+    "spatial_mul": lambda: Lambda(lambda x: x * torch.linspace(0, 1, x.shape[-1])),
+    "reflect_conv": lambda: nn.Conv2d(C, C, 3, padding=1, padding_mode="reflect"),
+    "batchnorm_train": lambda: nn.BatchNorm2d(C),
+    # Its one output pixel is active as soon as any input pixel is.
+    "adaptive_avgpool_global": lambda: nn.AdaptiveAvgPool2d(1),
+    "unknown_in_place": lambda: Lambda(lambda x: x.exp_()),
+    "setitem": lambda: Lambda(lambda x: x.__setitem__((slice(None), 0, 0, 0), 5.0) or x),
+}
+
+
+def _network(layer: nn.Module, *, train_layer: bool = False) -> tuple[nn.Module, Probe]:
+    probe = Probe()
+    net = nn.Sequential(
+        nn.Conv2d(3, C, 3, padding=1),
+        nn.BatchNorm2d(C),
+        nn.ReLU(),
+        layer,
+        probe,
+        nn.Conv2d(C, C, 3, stride=2, padding=1),
+        nn.BatchNorm2d(C),
+        nn.Hardswish(),
+        nn.Conv2d(C, 4, 1),
+    )
+    randomize_batchnorm_(net, torch.Generator().manual_seed(0))
+    net.eval()
+    layer.train(train_layer)
+    return net, probe
+
+
+def assert_network_matches(dense: nn.Module, x: torch.Tensor, *, eager: bool = False, tile_size=(4, 5)):
+    """The sparsified copy of ``dense`` gives the dense output (tolerance scaled to its magnitude)."""
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    if eager:
+        for module in sparse.modules():
+            if isinstance(module, zeroskip.SparseConv2d):
+                module.tile_size = tile_size
+    with torch.no_grad():
+        expected = dense(x)
+        with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS) if eager else contextlib.nullcontext():
+            actual = sparse(x)
+    assert type(actual) is torch.Tensor, "outputs leave the network as plain tensors"
+    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, atol=1e-5 * max(scale, 1.0), rtol=1.3e-6, equal_nan=True)
+    return sparse
+
+
+# Small active regions (pixels at the borders and corners, blobs), so that the carry is still worth
+# keeping after two layers; the inactive constant reaches every border.
+INPUTS = ("pixel_top_left", "pixel_bottom_right", "pixel_right", "pixel_center", "zeros", "mixed_batch")
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["auto", "eager"])
+@pytest.mark.parametrize("name", list(CARRIED))
+def test_carried_layers(name, eager):
+    torch.manual_seed(0)
+    dense, _ = _network(CARRIED[name]())
+    for pattern in INPUTS:
+        x = make_pattern(pattern, (5 if pattern == "mixed_batch" else 2, 3, 36, 45), seed=1)
+        sparse = assert_network_matches(dense, x, eager=eager)
+        probe = sparse[4]
+        if pattern != "mixed_batch":  # its dense image ends the carry at the first layer
+            assert probe.carried[-1], f"{name} ended the carry on {pattern}"
+
+
+@pytest.mark.parametrize("name", list(ENDING))
+def test_other_layers_end_the_carry_exactly(name):
+    torch.manual_seed(0)
+    dense, _ = _network(ENDING[name](), train_layer=name == "batchnorm_train")
+    for pattern in ("pixel_top_left", "pixel_center"):
+        x = make_pattern(pattern, (2, 3, 36, 45), seed=2)
+        sparse = assert_network_matches(dense, x, eager=True)
+        assert not sparse[4].carried[-1], f"{name} must end the carry"
+
+
+def test_mutation_through_an_alias_is_detected_outside_inference_mode():
+    def add_through_view(x):
+        x.view(-1).add_(1.0)
+        return x
+
+    dense, _ = _network(Lambda(add_through_view))
+    x = make_pattern("pixel_center", (1, 3, 30, 30))
+    sparse = assert_network_matches(dense, x, eager=True)
+    assert not sparse[4].carried[-1]
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["auto", "eager"])
+def test_masked_vtest_crops(vtest_frames, eager):
+    """Every carried layer type at once, on masked frames: corner crops and a downscaled frame."""
+    torch.manual_seed(0)
+    layers = [CARRIED[name]() for name in ("maxpool", "residual_add_inplace", "concat", "silu", "avgpool")]
+    dense, _ = _network(nn.Sequential(*layers))
+    frames = vtest_frames
+    crops = [frames[:, :, :64, :80], frames[:, :, -64:, -80:], F.interpolate(frames, size=(72, 96), mode="nearest")]
+    for x in crops:
+        assert_network_matches(dense, x, eager=eager)
+
+
+def test_input_that_is_all_active_is_not_carried():
+    dense, _ = _network(nn.ReLU())
+    sparse = assert_network_matches(dense, make_pattern("dense", (2, 3, 20, 20)))
+    assert sparse[4].carried == [False]
+
+
+def test_autograd_falls_back_to_dense():
+    dense, _ = _network(nn.ReLU())
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    x = make_pattern("pixel_center", (1, 3, 20, 20)).requires_grad_()
+    expected = dense(x)
+    actual = sparse(x)
+    torch.testing.assert_close(actual, expected)
+    assert sparse[4].carried == [False]
+    actual.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64])
+def test_float64(dtype):
+    dense, _ = _network(Residual(C, in_place=True))
+    dense = dense.to(dtype)
+    x = make_pattern("pixel_bottom_right", (2, 3, 30, 34), dtype=dtype)
+    assert_network_matches(dense, x, eager=True)
+
+
+def test_channels_last():
+    dense, _ = _network(CARRIED["concat"]())
+    dense = dense.to(memory_format=torch.channels_last)
+    x = make_pattern("pixel_top_left", (2, 3, 30, 34)).to(memory_format=torch.channels_last)
+    assert_network_matches(dense, x, eager=True)
+
+
+def test_functional_conv_keeps_the_carry():
+    """zeroskip.conv2d on a carried tensor carries on; any plain op ends the carry."""
+    from zeroskip.activation import start
+
+    x = start(make_pattern("pixel_center", (1, 3, 24, 24)))
+    weight, bias = torch.randn(5, 3, 3, 3), torch.randn(5)
+    with torch.inference_mode():
+        y = zeroskip.conv2d(x, weight, bias, padding=1)
+        assert isinstance(y, SparseActivation) and carried(y) is not None
+        expected = F.conv2d(x.as_subclass(torch.Tensor), weight, bias, padding=1)
+        torch.testing.assert_close(y.as_subclass(torch.Tensor), expected)
+        z = y.flip(-1)
+        assert type(z) is torch.Tensor
+
+
+def test_sparsify_and_densify_attach_and_detach_the_hooks():
+    dense, _ = _network(nn.ReLU())
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    x = make_pattern("pixel_center", (1, 3, 20, 20))
+    with torch.inference_mode():
+        sparse(x)
+        zeroskip.densify_(sparse)
+        sparse(x)
+    assert sparse[4].carried == [True, False]
+    assert not any(isinstance(m, zeroskip.SparseConv2d) for m in sparse.modules())
+
+
+def test_every_pattern_and_batch_mix():
+    dense, _ = _network(nn.Sequential(CARRIED["maxpool"](), CARRIED["residual_add"]()))
+    for pattern, batch in itertools.product(("blobs", "scatter", "row_band", "column_band", "mixed_batch"), (1, 5)):
+        x = make_pattern(pattern, (batch, 3, 41, 39), seed=batch)
+        assert_network_matches(dense, x, eager=True)
