@@ -122,7 +122,9 @@ def test_run_writes_the_three_files(tmp_path):
     assert written["outputs_agree"] and written["max_abs_err"] < 1e-5
     assert written["source"] == {"name": "clip", "frame_width": 128, "frame_height": 96}
     assert written["speedup"] == pytest.approx(written["totals"]["t_orig"] / written["totals"]["t_sparse"])
-    assert {"torch", "zeroskip", "cpu", "platform", "torch_threads", "git_commit"} <= set(written["environment"])
+    assert {"torch", "zeroskip", "cpu", "platform", "torch_threads", "load_average", "git_commit"} <= set(
+        written["environment"]
+    )
     assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
     assert not list(out.glob(".*"))
 
@@ -245,3 +247,5 @@ def test_format_summary_mentions_the_key_figures(tmp_path):
     assert "speed-up" in text and "max |zeroskip - dense|" in text and "all 2 batches agree" in text
     assert "announces 9 frames but only 4" in text
     assert str(tmp_path / "report.png") in text
+    summary["environment"]["load_average"] = [9.0, 1.0, 1.0]
+    assert "load average 9.0 on" in video.format_summary(summary)

@@ -387,19 +387,13 @@ def _reason(error: OSError) -> str:
 
 
 def environment() -> dict[str, object]:
-    """Versions, threads, CPU and commit, to tell later readers where the numbers come from."""
+    """Versions, threads, CPU, load and commit, to tell later readers where the numbers come from."""
     cpu = platform.processor() or None
     try:
         with open("/proc/cpuinfo") as handle:
             cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
     except OSError:
         pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
         "zeroskip": __version__,
         "torch": torch.__version__,
@@ -410,11 +404,25 @@ def environment() -> dict[str, object]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "git_commit": commit,
+        # Other processes competing for the cores make timings, notably multi-threaded ones, noisy.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_modified": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
 
 
-def _summarize(results: list[BatchResult], settings: Settings, source: dict, frame_size: tuple[int, int]) -> dict:
+def _git(*args: str) -> str | None:
+    """Output of a git command run in zeroskip's source tree, ``None`` outside a checkout."""
+    try:
+        result = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _summarize(
+    results: list[BatchResult], settings: Settings, source: dict, frame_size: tuple[int, int], env: dict
+) -> dict:
     t_sparse = sum(r.t_sparse for r in results)
     t_orig = sum(r.t_orig for r in results)
 
@@ -438,7 +446,7 @@ def _summarize(results: list[BatchResult], settings: Settings, source: dict, fra
         "max_abs_err": max(r.max_abs_err for r in results),
         "outputs_agree": all(r.agree for r in results),
         "mismatched_batches": [r.batch for r in results if not r.agree],
-        "environment": environment(),
+        "environment": env,
     }
 
 
@@ -486,6 +494,8 @@ def run(
     try:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
+        # Taken before the work: the code, threads and load the timings come from.
+        env = environment()
         results: list[BatchResult] = []
         batch: list[np.ndarray] = []
         sample = None
@@ -505,7 +515,7 @@ def run(
                 results.append(_process(batch, len(results), dense, sparse, outputs))
         if not results:
             raise ValueError("`frames` must hold at least one frame, got none")
-        summary = _summarize(results, settings, source or {}, sample[1].shape[:2])
+        summary = _summarize(results, settings, source or {}, sample[1].shape[:2], env)
         summary["outputs"] = outputs.commit(
             summary, lambda path: write_report(path, results, summary, sample[1], sample[0], sparse)
         )
@@ -557,5 +567,9 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"note: the file announces {announced} frames but only {totals['frames']} could be decoded"
         )
+    env = summary["environment"]
+    load, cores = (env["load_average"] or [0.0])[0], env["cpu_count"] or 1
+    if load > cores:
+        lines.append(f"note: load average {load:.1f} on {cores} cores at the start: other work competed for the CPU")
     lines.extend(f"wrote {path}" for path in summary["outputs"].values())
     return "\n".join(lines)
