@@ -178,7 +178,8 @@ def each_pattern():
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test taking ``dtype`` runs for every dtype CPU convolution supports, unless it parametrizes it."""
     markers = metafunc.definition.iter_markers("parametrize")
-    explicit = {name.strip() for marker in markers for name in marker.args[0].split(",")}
+    names = [marker.args[0] for marker in markers]
+    explicit = {n.strip() for name in names for n in (name.split(",") if isinstance(name, str) else name)}
     if "dtype" in metafunc.fixturenames and "dtype" not in explicit:
         metafunc.parametrize("dtype", DTYPES, ids=[str(d).removeprefix("torch.") for d in DTYPES])
 
