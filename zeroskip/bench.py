@@ -1040,6 +1040,12 @@ def _ms(value: float, spread: Sequence[float] | None = None) -> str:
     return text + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
 
 
+def _plain(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -1086,7 +1092,7 @@ def render_markdown(results: dict) -> str:
     lines += ["Produced by `zeroskip bench" + (" --quick" if meta["quick"] else "") + "`; method in"
               " `benchmarks/README.md`. Times are per input tensor (per frame at batch 1), medians of"
               f" {results['settings']['repeats']} alternating timed blocks, interquartile range in brackets.", ""]
-    lines += _table(("", ""), [(key, value) for key, value in meta.items() if key != "note"])
+    lines += _table(("", ""), [(key, _plain(value)) for key, value in meta.items() if key != "note"])
     lines += ["", f"Run time: {results['elapsed_s']:.0f} s."]
     lines += [f"\n**Note:** {note}" for note in results.get("notes", [])]
     lines += ["", "## Targets", ""]
@@ -1175,7 +1181,7 @@ def render_plot(results: dict) -> bytes | None:
         bar_axes.set_yscale("log")
         bar_axes.set_ylabel("speed-up over dense")
         bar_axes.set_title("zeroskip speed-up (auto)")
-        bar_axes.legend()
+        bar_axes.legend(loc="best", framealpha=0.6)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
