@@ -287,7 +287,8 @@ def masked_frames(video: Path, count: int, first: int) -> torch.Tensor:
 
     cache = _cache_path(video, first, count)
     if cache.exists():
-        return frames_to_tensor(list(torch.load(cache).numpy()))
+        with contextlib.suppress(Exception):  # an unreadable cache is rebuilt below
+            return frames_to_tensor(list(torch.load(cache).numpy()))
     capture = _cv2().VideoCapture(str(video))
     masker = BackgroundMasker()
     kept = []
@@ -1192,6 +1193,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        # mkstemp makes the file private; give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
