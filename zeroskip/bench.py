@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -377,7 +378,7 @@ def _conv_args(conv: nn.Conv2d) -> dict[str, object]:
     }
 
 
-def _each(function: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+def _each(function: Callable[[Any], object], inputs: Sequence[Any]) -> Callable[[], None]:
     """One benchmark call: ``function`` on every input in turn, each output dropped at once."""
 
     def run() -> None:
@@ -460,7 +461,7 @@ def speed_row(ctx: Context, case: str, conv: nn.Conv2d, inputs: Sequence[torch.T
         {
             "dense": _each(dense, inputs),
             "zeroskip": _each(sparse, inputs),
-            "fill": lambda: [_fill_like_engine(shape, args["bias"]) for shape in shapes],
+            "fill": _each(lambda shape: _fill_like_engine(shape, args["bias"]), shapes),
         },
         ctx.settings.repeats, ctx.settings.min_block_s,
     )
@@ -571,15 +572,14 @@ def sweep_row(ctx: Context, case: str, conv: nn.Conv2d, x: torch.Tensor, **extra
     functions.update({mode: functools.partial(conv2d, **args, mode=mode) for mode in SPARSE_MODES})
     fractions, ran, mismatches = {}, {}, []
     for mode in SPARSE_MODES:
-        _, mismatch = _mismatch(functions["dense"], functions[mode], [x])
+        shapes, mismatch = _mismatch(functions["dense"], functions[mode], [x])
         if mismatch:
             mismatches.append(f"{mode}: {mismatch}")
         with profile() as prof:
             functions[mode](x)
         fractions[mode], ran[mode] = active_fraction(prof.records), _ran(prof.records)
-    out_shape = torch.Size((x.shape[0], conv.out_channels, *_out_size(conv, x.shape[-2:])))
     timed = {name: _each(function, [x]) for name, function in functions.items()}
-    timed["fill"] = lambda: _fill_like_engine(out_shape, args["bias"])
+    timed["fill"] = _each(lambda shape: _fill_like_engine(shape, args["bias"]), shapes)
     timings = measure(timed, ctx.settings.repeats, ctx.settings.min_block_s)
     ms = {name: t.median for name, t in timings.items()}
     best = min(("dense",) + SPARSE_MODES[:-1], key=lambda name: ms[name])
@@ -606,13 +606,6 @@ def sweep_row(ctx: Context, case: str, conv: nn.Conv2d, x: torch.Tensor, **extra
         + f" ms  auto ran {ran['auto']}, best fixed {best}{'' if row['exact'] else '  MISMATCH'}"
     )
     return row
-
-
-def _out_size(conv: nn.Conv2d, size: Sequence[int]) -> tuple[int, int]:
-    return tuple(  # type: ignore[return-value]
-        (s + 2 * p - d * (k - 1) - 1) // st + 1
-        for s, p, d, k, st in zip(size, conv.padding, conv.dilation, conv.kernel_size, conv.stride)
-    )
 
 
 def w4_inner_layers(ctx: Context) -> dict:
