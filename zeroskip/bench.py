@@ -783,11 +783,10 @@ def breakdown(inputs: Sequence[torch.Tensor], conv: nn.Conv2d, measured_ms: floa
         operators[op.name] += us
     steps["python"] += max(0.0, wall_us - sum(times))
     total = sum(steps.values()) or 1.0
-    per_input = measured_ms
 
     def listed(counter: Counter[str], key: str, limit: int | None = None) -> list[dict]:
         return [
-            {key: name, "ms": per_input * us / total, "share": us / total}
+            {key: name, "ms": measured_ms * us / total, "share": us / total}
             for name, us in counter.most_common(limit)
         ]
 
@@ -795,7 +794,7 @@ def breakdown(inputs: Sequence[torch.Tensor], conv: nn.Conv2d, measured_ms: floa
         "inputs": len(inputs),
         "measured_ms": measured_ms,
         "attribution": "timed run" if same else "stack-traced run (operator sequences differed)",
-        "steps": [s for s in listed(steps, "step") if s["share"] > 0] or [],
+        "steps": [s for s in listed(steps, "step") if s["share"] > 0],
         "order": list(BREAKDOWN_STEPS),
         "functions": listed(functions, "function", 10),
         "operators": listed(operators, "operator", 10),
