@@ -50,11 +50,17 @@ def run_rows(
     geometry: ConvGeometry,
     bands: list[list[tuple[int, int]]],
     images: list[int],
+    budget: int,
 ) -> None:
-    """Convolve the given row bands of ``images`` and write them into ``out``."""
+    """Convolve the given row bands of ``images`` and write them into ``out``.
+
+    Bands are cut so that one convolution's result takes at most ``budget`` bytes (at least a row).
+    """
     g = geometry
+    most = max(1, budget // (g.out_channels * g.out_width * out.element_size()))
     for b, image_bands in zip(images, bands):
-        for o0, o1 in image_bands:
+        pieces = [(start, min(start + most, end)) for first, end in image_bands for start in range(first, end, most)]
+        for o0, o1 in pieces:
             r0 = o0 * g.stride[0] - g.pad_top
             r1 = (o1 - 1) * g.stride[0] - g.pad_top + g.window[0]
             band = x[b : b + 1, :, max(r0, 0) : min(r1, g.height)]

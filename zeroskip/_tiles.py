@@ -39,32 +39,6 @@ def activity_cell(geometry: ConvGeometry, tile: Pair) -> Pair:
     return tuple(4 if size * stride < 16 else 8 for size, stride in zip(tile, geometry.stride))  # type: ignore[return-value]
 
 
-def new_padded_buffer(x: torch.Tensor, images: int, geometry: ConvGeometry) -> torch.Tensor:
-    """Buffer for :func:`pad_into`, shape ``(images, C, H + padding, W + padding)``.
-
-    Only the border is zeroed here; :func:`pad_into` overwrites the interior, so one buffer
-    serves every chunk of a batch.
-    """
-    g = geometry
-    buffer = x.new_empty(
-        images, x.shape[1], g.height + g.pad_top + g.pad_bottom, g.width + g.pad_left + g.pad_right
-    )
-    bottom, right = g.pad_top + g.height, g.pad_left + g.width
-    buffer[:, :, : g.pad_top].zero_()
-    buffer[:, :, bottom:].zero_()
-    buffer[:, :, g.pad_top : bottom, : g.pad_left].zero_()
-    buffer[:, :, g.pad_top : bottom, right:].zero_()
-    return buffer
-
-
-def pad_into(buffer: torch.Tensor, x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
-    """Copy ``x`` ``(n, C, H, W)`` into the interior of ``buffer`` and return the ``n`` padded images."""
-    g = geometry
-    padded = buffer[: x.shape[0]]
-    padded[:, :, g.pad_top : g.pad_top + g.height, g.pad_left : g.pad_left + g.width] = x
-    return padded
-
-
 def _tile_windows(count: int, tile: int, stride: int, window: int, pad: int, size: int, cell: int, device):
     """Blocks ``[start, end)`` of the activity map under each tile's receptive field, rounded out."""
     first = torch.arange(count, device=device) * (tile * stride) - pad
@@ -128,8 +102,34 @@ def _runs(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return image[first], row[first], column[first], lengths
 
 
+def _band_buffer(x: torch.Tensor, rows: int, geometry: ConvGeometry) -> torch.Tensor:
+    """Buffer for :func:`_pad_band`: ``rows`` padded input rows of every image of ``x``.
+
+    The left and right padding columns are zeroed once; bands only overwrite the columns between.
+    """
+    g = geometry
+    buffer = x.new_empty(x.shape[0], x.shape[1], rows, g.width + g.pad_left + g.pad_right)
+    buffer[..., : g.pad_left].zero_()
+    buffer[..., g.pad_left + g.width :].zero_()
+    return buffer
+
+
+def _pad_band(buffer: torch.Tensor, x: torch.Tensor, top: int, rows: int, geometry: ConvGeometry) -> torch.Tensor:
+    """Padded input rows ``[top, top + rows)`` (input coordinates; may reach into the padding)."""
+    g = geometry
+    band = buffer[:, :, :rows]
+    first, last = max(top, 0), min(top + rows, g.height)
+    if first > top:
+        band[:, :, : first - top].zero_()
+    if last < top + rows:
+        band[:, :, max(last - top, 0) :].zero_()
+    if first < last:
+        band[:, :, first - top : last - top, g.pad_left : g.pad_left + g.width] = x[:, :, first:last]
+    return band
+
+
 def run_tiles(
-    padded: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     out: torch.Tensor,
@@ -137,38 +137,52 @@ def run_tiles(
     tile: Pair,
     active: torch.Tensor,
     images: list[int],
+    budget: int,
 ) -> None:
-    """Convolve the active tiles and write them into ``out``.
+    """Convolve the active tiles of ``x`` and write them into ``out``.
 
-    Horizontally adjacent active tiles are merged into runs: a run's patch is read once (no halo
-    read twice), convolved in one call with all runs of the same length, and written back with
-    one slice copy, whose rows are as long as the run.
+    The input is padded one band of tile rows at a time, and only bands holding an active tile are
+    copied, so the extra memory stays within ``budget`` bytes (at least one tile row) whatever the
+    batch. Within a band, horizontally adjacent active tiles are merged into runs: a run's patch is
+    read once (no halo read twice), convolved in one call with every run of the same length, and
+    written back with one slice copy whose rows are as long as the run.
 
     Args:
-        padded: padded input ``(B, C, Hq, Wq)`` from :func:`pad_into`.
+        x: input ``(n, C, H, W)``.
         out: output ``(B, C_out, H_out, W_out)``; tiles not active are left untouched.
-        active: bool ``(n, n_i, n_j)`` map of the tiles to compute for the ``n`` padded images.
-        images: batch index in ``out`` of each padded image.
+        active: bool ``(n, n_i, n_j)`` map of the tiles to compute.
+        images: batch index in ``out`` of each image of ``x``.
+        budget: bytes the padded band may take.
     """
     g = geometry
-    sb, sc, sh, sw = padded.stride()
     step_h, step_w = tile[0] * g.stride[0], tile[1] * g.stride[1]
+    row_bytes = x.shape[0] * x.shape[1] * (g.width + g.pad_left + g.pad_right) * x.element_size()
+    band_tiles = max(1, budget // (row_bytes * step_h))
+    buffer = None
     for i0, n_i, h in _shape_groups(g.out_height, tile[0]):
-        for j0, n_j, w in _shape_groups(g.out_width, tile[1]):
-            image, row, column, lengths = _runs(active[:, i0 : i0 + n_i, j0 : j0 + n_j])
-            if image.numel() == 0:
+        patch_h = (h - 1) * g.stride[0] + g.window[0]
+        for b0 in range(i0, i0 + n_i, band_tiles):
+            b1 = min(b0 + band_tiles, i0 + n_i)
+            band_active = active[:, b0:b1]
+            if not bool(band_active.any()):
                 continue
-            patch_h = (h - 1) * g.stride[0] + g.window[0]
-            for length in lengths.unique().tolist():
-                chosen = (lengths == length).nonzero(as_tuple=True)[0]
-                patch_w = (length * w - 1) * g.stride[1] + g.window[1]
-                patches = padded.as_strided(
-                    (padded.shape[0], n_i, n_j - length + 1, padded.shape[1], patch_h, patch_w),
-                    (sb, step_h * sh, step_w * sw, sc, sh, sw),
-                    padded.storage_offset() + i0 * step_h * sh + j0 * step_w * sw,
-                )[image[chosen], row[chosen], column[chosen]]
-                result = F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups)
-                for k, (b, i, j) in enumerate(zip(*(t[chosen].tolist() for t in (image, row, column)))):
-                    top = (i0 + i) * tile[0]
-                    left = (j0 + j) * tile[1]
-                    out[images[b], :, top : top + h, left : left + length * w] = result[k]
+            rows = (b1 - b0 - 1) * step_h + patch_h
+            if buffer is None:
+                buffer = _band_buffer(x, (min(band_tiles, n_i) - 1) * step_h + patch_h, g)
+            band = _pad_band(buffer, x, b0 * step_h - g.pad_top, rows, g)
+            sb, sc, sh, sw = band.stride()
+            for j0, n_j, w in _shape_groups(g.out_width, tile[1]):
+                image, row, column, lengths = _runs(band_active[:, :, j0 : j0 + n_j])
+                for length in lengths.unique().tolist():
+                    chosen = (lengths == length).nonzero(as_tuple=True)[0]
+                    patch_w = (length * w - 1) * g.stride[1] + g.window[1]
+                    patches = band.as_strided(
+                        (band.shape[0], b1 - b0, n_j - length + 1, band.shape[1], patch_h, patch_w),
+                        (sb, step_h * sh, step_w * sw, sc, sh, sw),
+                        band.storage_offset() + j0 * step_w * sw,
+                    )[image[chosen], row[chosen], column[chosen]]
+                    result = F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups)
+                    for k, (b, i, j) in enumerate(zip(*(t[chosen].tolist() for t in (image, row, column)))):
+                        top = (b0 + i) * tile[0]
+                        left = (j0 + j) * tile[1]
+                        out[images[b], :, top : top + h, left : left + length * w] = result[k]

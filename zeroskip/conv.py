@@ -16,7 +16,7 @@ from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import active_rows, row_bands, run_rows
-from ._tiles import active_tiles, activity_cell, default_tile_size, new_padded_buffer, output_tiles, pad_into, run_tiles
+from ._tiles import active_tiles, activity_cell, default_tile_size, output_tiles, run_tiles
 from .network import carry_conv
 
 MODES = ("auto", "dense", "rows", "tiles")
@@ -115,9 +115,16 @@ def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> tuple[
     return tiles.tolist(), rows.tolist()
 
 
-# Images per chunk: the padded copy of a chunk stays near this size, so it lives in cache-friendly,
-# reused memory whatever the batch size.
+# Images per chunk of the activity check: its intermediate results stay small whatever the batch.
 _CHUNK_BYTES = 16 << 20
+# Memory a sparse call may use beside its output (padded input band, patches, results), as a
+# fraction of the output, so that its peak stays close to the dense call's.
+_MEMORY_FRACTION = 0.1
+_MIN_BUDGET_BYTES = 1 << 20
+
+
+def _budget(out: torch.Tensor) -> int:
+    return max(_MIN_BUDGET_BYTES, int(_MEMORY_FRACTION * out.numel() * out.element_size()))
 
 
 def _choose(mode: str, costs: ImageCosts, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
@@ -164,7 +171,6 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
     else:
         cell = activity_cell(g, tile)
         per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-        buffer = None
         for start in range(0, g.batch, per_chunk):
             chunk = x[start : start + per_chunk]
             if activity is None:
@@ -178,12 +184,10 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
             local = [k for k in range(chunk.shape[0]) if chosen[start + k] == "tiles"]
             if not local:
                 continue
-            if buffer is None:
-                buffer = new_padded_buffer(x, min(per_chunk, g.batch), g)
             if len(local) < chunk.shape[0]:
                 chunk, active = chunk[local], active[local]
             tiles_run += int(active.sum())
-            run_tiles(pad_into(buffer, chunk, g), weight, bias, out, g, tile, active, [start + k for k in local])
+            run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
 
     detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
     dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
@@ -199,7 +203,7 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
         else:
             rows_map = active_rows(x[row_images], g) if activity is None else activity[row_images].any(2)
         bands = row_bands(rows_map)
-        run_rows(x, weight, bias, out, g, bands, row_images)
+        run_rows(x, weight, bias, out, g, bands, row_images, _budget(out))
         detail.append(f"bands={sum(len(b) for b in bands)}")
     ran = "+".join(sorted(set(chosen)))
     return out, ran, sum(fractions) / g.batch, " ".join(detail)
