@@ -551,7 +551,7 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"{totals['frames']} frames in {batches} batches of up to {settings['batch_size']};"
         f" model {settings['model']}, mode {settings['mode']}, subtractor {settings['subtractor']},"
-        f" {summary['environment']['torch_threads']} threads",
+        f" torch threads: {summary['environment']['torch_threads']}",
         f"{'':<26}{'dense':>12}{'zeroskip':>12}",
         f"{'total time (s)':<26}{totals['t_orig']:>12.3f}{totals['t_sparse']:>12.3f}",
         f"{'median per batch (ms)':<26}{1e3 * medians['t_orig']:>12.1f}{1e3 * medians['t_sparse']:>12.1f}",
