@@ -293,7 +293,8 @@ def _adaptive_avg_pool2d(func, args, kwargs):
     height, width = x.shape[2:]
     out = _as_list(_argument(args, kwargs, 1, "output_size"))
     out = (out[0] or height, out[-1] or width)
-    if height % out[0] or width % out[1]:
+    if height % out[0] or width % out[1] or out == (1, 1):
+        # A single output pixel (global pooling) has nothing left to skip.
         return NotImplemented
     kernel = (height // out[0], width // out[1])
     with torch._C.DisableTorchFunctionSubclass():
