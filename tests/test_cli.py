@@ -67,7 +67,7 @@ def test_video_on_vtest(tmp_path, capsys):
     assert cli.main(["video", str(VTEST), "--max-frames", "6", "--batch-size", "4", "--out", str(out)]) == 0
     summary = check_outputs(out, 6)
     assert summary["source"]["frame_count"] == 795 and summary["source"]["width"] == 768
-    assert summary["settings"]["model"] == "stem" and summary["settings"]["batch_size"] == 8
+    assert summary["settings"]["model"] == "stem" and summary["settings"]["batch_size"] == 4
     printed = capsys.readouterr().out
     assert "speed-up" in printed and "6 frames in 2 batches" in printed
 
