@@ -139,6 +139,18 @@ def test_unbatched_input(mode, conv, each_pattern, weights, conv_check):
         assert out.dim() == 3
 
 
+@pytest.mark.parametrize("images_per_chunk", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["auto_eager", "tiles"])
+def test_batch_split_into_chunks(mode, images_per_chunk, monkeypatch, each_pattern, weights, conv_check):
+    """The tile path works through a batch in chunks that reuse one padded buffer; force small chunks."""
+    shape = (7, 3, 20, 23)
+    monkeypatch.setattr(zeroskip.conv, "_CHUNK_BYTES", images_per_chunk * 3 * 20 * 23 * 4)
+    weight, bias = weights(4, 3, (3, 5))
+    for name, x in each_pattern(shape):
+        conv_check(x, weight, bias, mode=mode, padding=(1, 2), msg=name)
+        conv_check(x, weight, bias, mode=mode, stride=2, padding=(0, 1), msg=name)
+
+
 TILE_SIZES = [1, 2, 3, 5, (3, 7), (7, 3), 8, 13, 64, (1, 40), [4, 6]]
 
 
@@ -243,6 +255,40 @@ def test_auto_decides_per_image(pattern, weights, conv_check):
         conv_check(x, weight, None, mode="auto", stride=2, padding=3)
     ran = prof.records[-1].chosen.split("+")
     assert "fill" in ran and "dense" in ran and len(ran) >= 3, ran
+
+
+@pytest.mark.parametrize("mode", SPARSE_MODES)
+def test_arguments_are_left_unchanged(mode, each_pattern, weights, conv_check):
+    weight, bias = weights(4, 3, (3, 3))
+    for name, x in each_pattern((3, 3, 17, 20)):
+        x[x > 2] = float("nan")
+        before = [t.clone() for t in (x, weight, bias)]
+        conv_check(x, weight, bias, mode=mode, padding=(2, 1), msg=name)
+        for original, argument in zip(before, (x, weight, bias)):
+            torch.testing.assert_close(argument, original, rtol=0, atol=0, equal_nan=True)
+
+
+def test_outputs_are_fresh_tensors(weights, pattern):
+    """Each call returns its own output: a later call does not overwrite an earlier result."""
+    weight, bias = weights(64, 3, (7, 7))
+    first_input, second_input = pattern("blobs", (2, 3, 96, 128), seed=1), pattern("blobs", (2, 3, 96, 128), seed=2)
+    for mode in LIBRARY_SPARSE_MODES:
+        first = zeroskip.conv2d(first_input, weight, bias, stride=2, padding=3, mode=mode)
+        kept = first.clone()
+        second = zeroskip.conv2d(second_input, weight, bias, stride=2, padding=3, mode=mode)
+        assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
+
+
+@pytest.mark.xfail(
+    strict=True, raises=RuntimeError,
+    reason="engine: outputs of 32 MiB and more are mmap-backed (zeroskip._alloc); their storage cannot grow",
+)
+def test_large_output_storage_is_resizable_like_dense(weights, pattern):
+    weight, _ = weights(64, 3, (7, 7))
+    x = pattern("pixel_center", (2, 3, 576, 768))
+    dense = F.conv2d(x, weight, None, 2, 3)
+    dense.resize_(dense.numel() + 1)
+    zeroskip.conv2d(x, weight, None, 2, 3, mode="tiles").resize_(dense.numel() + 1)
 
 
 def _leaves(x, weight, bias, requires):
