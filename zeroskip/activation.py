@@ -10,6 +10,7 @@ operation returns a plain tensor, so a network always computes what it would hav
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -239,17 +240,21 @@ def _pair(value) -> tuple[int, int]:
     return (int(value), int(value))
 
 
-def _windowed(x, result, core_op, kernel, stride, padding, dilation):
-    """Carry through a pooling op whose output ``result`` reads a window of ``x``; ``core_op`` is
-    the same op as a function of one tensor."""
+def _windowed(x, result, core_op, kernel, stride, padding, dilation, compute=None):
+    """Carry through a pooling op whose output reads a window of ``x``; ``core_op`` is the op as a
+    function of one tensor. ``result`` is its output, or its output size when ``compute(activity,
+    background)`` is to compute only the active outputs."""
     carry = carried(x)
-    if not isinstance(result, torch.Tensor) or result.dim() != 4:
+    if isinstance(result, torch.Tensor) and result.dim() != 4:
         return result
+    out_size = tuple(result.shape[2:]) if isinstance(result, torch.Tensor) else result
     kernel, padding, dilation = _pair(kernel), _pair(padding), _pair(dilation)
     stride = _pair(stride) if stride is not None and len(_as_list(stride)) else kernel
-    activity = dilate(carry.activity, tuple(result.shape[2:]), kernel, stride, dilation, padding)
+    activity = dilate(carry.activity, out_size, kernel, stride, dilation, padding)
     window = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-    background = carry.background.windowed(core_op, tuple(result.shape[2:]), window, stride, padding)
+    background = carry.background.windowed(core_op, out_size, window, stride, padding)
+    if not isinstance(result, torch.Tensor):
+        result = compute(activity, background)
     return wrap(result, activity, background)
 
 
@@ -257,24 +262,94 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
+# Above this fraction of active outputs a pooling layer runs whole: boxes would cover most of it.
+_SPARSE_POOL_MAX_ACTIVE = 0.5
+# Active rows (columns) this close are pooled in one box: one more call costs more than the gap.
+_BOX_GAP = 4
+
+
+def active_boxes(activity: torch.Tensor) -> list[tuple[int, int, int, int, int]]:
+    """Boxes ``(image, top, bottom, left, right)`` covering the active pixels of ``activity``
+    ``(B, 1, H, W)``: bands of active rows, each split into runs of active columns."""
+
+    def runs(flags: list[bool]) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        for index, flag in enumerate(flags):
+            if flag:
+                if found and index - found[-1][1] <= _BOX_GAP:
+                    found[-1] = (found[-1][0], index + 1)
+                else:
+                    found.append((index, index + 1))
+        return found
+
+    boxes = []
+    for image, rows in enumerate(activity[:, 0].amax(2).tolist()):
+        for top, bottom in runs(rows):
+            columns = activity[image, 0, top:bottom].amax(0).tolist()
+            boxes.extend((image, top, bottom, left, right) for left, right in runs(columns))
+    return boxes
+
+
+def _sparse_max_pool(x: torch.Tensor, out_size, kernel, stride, padding, dilation, activity, background):
+    """Max pooling computed only in the boxes around active outputs; the rest is the background.
+
+    Each box reads its input window with explicit ``-inf`` padding, which is what max pooling pads
+    with, so every computed value equals the whole pooling's.
+    """
+    x = plain(x)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    out = x.new_empty((x.shape[0], x.shape[1], *out_size)).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    background.fill(out)
+    window = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    for image, top, bottom, left, right in active_boxes(activity):
+        first = [top * stride[0] - padding[0], left * stride[1] - padding[1]]
+        last = [(bottom - 1) * stride[0] + window[0], (right - 1) * stride[1] + window[1]]
+        last = [end - pad for end, pad in zip(last, padding)]
+        height, width = x.shape[2:]
+        rows = slice(max(first[0], 0), min(last[0], height))
+        region = x[image : image + 1, :, rows, max(first[1], 0) : min(last[1], width)]
+        pads = (max(-first[1], 0), max(last[1] - width, 0), max(-first[0], 0), max(last[0] - height, 0))
+        if any(pads):
+            region = F.pad(region, pads, value=float("-inf"))
+        out[image : image + 1, :, top:bottom, left:right] = F.max_pool2d(region, kernel, stride, 0, dilation)
+    return out
+
+
+def _pool_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length of PyTorch's pooling along one axis."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # A last window starting in the right padding is dropped.
+    return out - 1 if ceil_mode and (out - 1) * stride >= size + padding else out
+
+
 def _pool(func, args, kwargs, names: tuple[str, ...]):
-    if carried(args[0]) is None:
+    carry = carried(args[0])
+    if carry is None:
         return NotImplemented
-    # ceil_mode needs no handling: the output size says which windows there are.
     options = {name: _argument(args, kwargs, i + 1, name) for i, name in enumerate(names)}
     if options.get("return_indices"):
         return NotImplemented
-    with torch._C.DisableTorchFunctionSubclass():
-        result = func(*args, **kwargs)
+    kernel, stride = options["kernel_size"], options["stride"]
+    padding, dilation = options["padding"] or 0, options.get("dilation") or 1
 
     def core_op(core: torch.Tensor) -> torch.Tensor:
         with torch._C.DisableTorchFunctionSubclass():
             return func(core, *args[1:], **kwargs)
 
-    return _windowed(
-        args[0], result, core_op, options["kernel_size"], options["stride"], options["padding"] or 0,
-        options.get("dilation") or 1,
-    )
+    x = args[0]
+    if func is F.max_pool2d and float(carry.activity.float().mean()) < _SPARSE_POOL_MAX_ACTIVE:
+        geometry = [_pair(v) for v in (kernel, stride if stride else kernel, padding, dilation)]
+        # ceil_mode only decides the output size.
+        result = tuple(_pool_size(n, *axis, bool(options["ceil_mode"])) for n, *axis in zip(x.shape[2:], *geometry))
+        compute = functools.partial(_sparse_max_pool, x, result, *geometry)
+    else:
+        with torch._C.DisableTorchFunctionSubclass():
+            result = func(*args, **kwargs)
+        compute = None
+    return _windowed(x, result, core_op, kernel, stride, padding, dilation, compute)
 
 
 def _max_pool2d(func, args, kwargs):

@@ -225,7 +225,8 @@ def _conv2d(
         out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size, weights_finite)
     else:
         out, ran, fraction, detail = _forward(
-            carry.values, weight, bias, padding, g, mode, tile_size, weights_finite, carry.activity, carry.fill
+            carry.values, weight, bias, padding, g, mode, tile_size or carry.tile_size, weights_finite,
+            carry.activity, carry.fill,
         )
         out = carry.finish(out)
     if unbatched:

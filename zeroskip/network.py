@@ -83,10 +83,12 @@ class ConvCarry:
         values: the input values, a plain tensor.
         activity: uint8 ``(B, H_out, W_out)``, non-zero at output pixels that may differ from
             the background.
+        tile_size: tile for the engine when the layer sets none (``None``: the engine's choice).
     """
 
     values: torch.Tensor
     activity: torch.Tensor
+    tile_size: tuple[int, int] | None
     _out_activity: torch.Tensor
     _background: Callable[[], Background]
     _filled: Background | None = field(default=None)
@@ -103,6 +105,15 @@ class ConvCarry:
                 return plain(out)
             self._filled = self._background()
         return wrap(out, self._out_activity, self._filled)
+
+
+def _tile_size(g: ConvGeometry) -> tuple[int, int] | None:
+    """Tiles for a carried input: its activity costs nothing to know, so finer tiles than the
+    engine's (which also amortise measuring it) skip more; 8 x 16 output pixels measured best on
+    ResNet layers at 5-30% activity. Kernels without halo keep the engine's larger tiles."""
+    if g.window[0] <= g.stride[0] and g.window[1] <= g.stride[1]:
+        return None
+    return (min(8, g.out_height), min(16, g.out_width))
 
 
 def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry) -> ConvCarry | None:
@@ -124,7 +135,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     def background() -> Background:
         return _CACHE.get(weight, bias, repr(args), carry.background, compute)
 
-    return ConvCarry(plain(input), out_activity[:, 0], out_activity, background)
+    return ConvCarry(plain(input), out_activity[:, 0], _tile_size(g), out_activity, background)
 
 
 def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
