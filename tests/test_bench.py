@@ -72,11 +72,12 @@ def test_sweep_alone_needs_no_video(tmp_path: Path):
         (["--workloads", "W1,W9"], "`--workloads` must be a comma list of W1, W2, W3, W4"),
         (["--workloads", "W1", "--video", "missing.avi"], "`--video` must be an existing file"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--workloads", "W3", "--out", "/proc/version/x"], "`--out` must be a writable directory"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_no_output(argv, message, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    assert bench.main([*argv, "--out", str(out)]) == 2
+    assert bench.main(["--out", str(out), *argv]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and message in error
     assert not out.exists()

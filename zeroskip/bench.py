@@ -664,8 +664,8 @@ _FUNCTION_STEPS = {
     "cell_activity": "activity check",
     "_reduce_blocks": "activity check",
     "padded_input": "gather",
-    "new_padded_buffer": "gather",
-    "pad_into": "gather",
+    "_band_buffer": "gather",
+    "_pad_band": "gather",
     "_new_output": "fill",
     "empty_strided": "allocation",
 }
@@ -1270,7 +1270,8 @@ def _workload_list(text: str) -> tuple[str, ...]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit status 2
-        raise _UsageError(message)
+        # Our own messages already name the option: drop argparse's "argument --x: " prefix.
+        raise _UsageError(re.sub(r"^argument [^:]+: (?=`)", "", message))
 
 
 class _UsageError(Exception):
@@ -1310,8 +1311,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise ValueError("`--workloads` W1, W2 and W4 need OpenCV (pip install 'zeroskip[video]'),"
                              f" got {','.join(workloads)}") from None
     out = args.out if args.out is not None else DEFAULT_OUT
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"`--out` must be a directory, got {str(out)!r}")
+    existing = next(parent for parent in (out, *out.absolute().parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"`--out` must be a writable directory, got {str(out)!r}")
     options = {"out": out, "workloads": workloads, "threads": args.threads, "video": video,
                "peer": not args.no_peer, "memory": not args.no_memory, "note": args.note}
     if args.repeats is not None:
