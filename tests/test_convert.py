@@ -261,26 +261,152 @@ def test_sparsified_model_copies_pickles_and_casts(pattern):
         torch.testing.assert_close(model.double()(x.double()), reference(x.double()))
 
 
-@pytest.mark.parametrize("mode", ["auto", "tiles", "rows"])
-def test_resnet18_same_output_after_sparsify(mode, pattern):
+class _Everything(nn.Module):
+    """A small network through every kind of layer the whole-network carry follows (pointwise, in place,
+    batch norm, pools with padding and ceil_mode, nearest upsampling, concatenation, residual add, gating,
+    dropout) and some it stops at (reflect padding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding="same", dilation=2)
+        self.c3 = nn.Conv2d(16, 8, 1)
+        self.c4 = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.c5 = nn.Conv2d(8, 4, 5, stride=2, padding=2, padding_mode="reflect")
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu_(self.bn(self.c1(x)))
+        skip = y
+        y = nn.functional.max_pool2d(y, 3, 2, 1)
+        y = nn.functional.leaky_relu(self.c2(y), 0.1)
+        y = nn.functional.avg_pool2d(y, 2, ceil_mode=True)
+        y = nn.functional.interpolate(y, size=skip.shape[2:], mode="nearest")
+        y = self.c3(self.drop(torch.cat([y, skip], 1)))
+        y = y * torch.sigmoid(y) + 0.5 - y / 3
+        y = torch.clamp(y, -1, 1) + skip
+        y = nn.functional.hardswish(self.c4(y))
+        y = nn.functional.adaptive_avg_pool2d(y, (y.shape[2] // 2, y.shape[3] // 2))
+        return self.c5(nn.functional.gelu(y)).tanh()
+
+
+def _randomize_batch_norms(model: nn.Module) -> nn.Module:
+    """Running statistics and affine parameters away from the identity, as in a trained network: the
+    inactive region then holds per-channel constants, not zeros."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            for tensor, low, high in ((module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
+                                      (module.weight, 0.5, 1.5), (module.bias, -0.5, 0.5)):
+                with torch.no_grad():
+                    tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model
+
+
+def _zoo(name: str) -> nn.Module:
+    if name == "everything":
+        torch.manual_seed(0)
+        return _randomize_batch_norms(_Everything()).eval()
     models = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
-    model = models.resnet18(weights=None).eval()
+    return _randomize_batch_norms(getattr(models, name)(weights=None)).eval()
+
+
+ZOO = ["resnet18", "squeezenet1_1", "everything", pytest.param("mobilenet_v2", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("mode", ["auto", "tiles", pytest.param("rows", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ZOO)
+def test_models_same_output_after_sparsify(name, mode, context, each_pattern):
+    """Whole networks, sparsified (sparse convolutions and the activity carried between them), against
+    the same network dense: same outputs, plain tensors, state_dict keys unchanged, densify_ undoes it."""
+    model = _zoo(name)
     keys = list(model.state_dict())
     convs = _names_of(model, nn.Conv2d)
-    x = pattern("mixed_batch", (5, 3, 64, 80))
-    with torch.no_grad():
-        expected = model(x)
+    inputs = list(each_pattern((5, 3, 64, 80), mode="auto"))
+    with context():
+        expected = [model(x) for _, x in inputs]
         zeroskip.sparsify_(model, mode=mode)
-        assert _names_of(model, SparseConv2d) == convs and len(convs) == 20
-        assert list(model.state_dict()) == keys
-        with zeroskip.profile() as prof:
-            actual = model(x)
-        torch.testing.assert_close(actual, expected)
-        assert [record.name for record in prof.records] == convs
+        assert _names_of(model, SparseConv2d) == convs and list(model.state_dict()) == keys
+        for (pattern_name, x), reference in zip(inputs, expected):
+            out = model(x)
+            assert type(out) is torch.Tensor
+            torch.testing.assert_close(out, reference, msg=lambda m, p=pattern_name: f"{name} on {p}: {m}")
         zeroskip.densify_(model)
-        torch.testing.assert_close(model(x), expected)
-    assert _names_of(model, nn.Conv2d) == convs
+        assert _names_of(model, nn.Conv2d) == convs
+        torch.testing.assert_close(model(inputs[-1][1]), expected[-1])
+
+
+def test_resnet18_records_every_convolution(pattern):
+    model = zeroskip.sparsify_(_zoo("resnet18"), mode="tiles")
+    with torch.no_grad(), zeroskip.profile() as prof:
+        model(pattern("blobs", (2, 3, 64, 80)))
+    assert [record.name for record in prof.records] == _names_of(model, SparseConv2d)
+    assert len(prof.records) == 20
+
+
+@pytest.mark.parametrize("mode", ["auto", "tiles"])
+def test_resnet18_on_masked_vtest(mode, vtest_frames):
+    model = _zoo("resnet18")
+    frames = vtest_frames[:2, :, 100:292, 200:456]
+    with torch.no_grad():
+        expected = model(frames)
+        torch.testing.assert_close(zeroskip.sparsify_(model, mode=mode)(frames), expected)
+
+
+class _ModifiesActivation(nn.Module):
+    """Writes into part of an intermediate activation between two convolutions, the way detection heads
+    write decoded boxes into slices of a feature map."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        if self.how == "setitem":
+            y[:, :, :4] = 1.0
+        elif self.how == "view_in_place":
+            y[:, :, :4].fill_(1.0)
+        elif self.how == "view_out":
+            torch.add(y[:, :, :4], 1.0, out=y[:, :, :4])
+        elif self.how == "data":
+            y.data[:, :, :4] = 1.0
+        elif self.how == "numpy":
+            y.numpy()[:, :, :4] = 1.0
+        return self.c2(y)
+
+
+_STALE_CARRY = pytest.mark.xfail(
+    strict=True, reason="network: the carried activity map is not invalidated by this write (wrong output)"
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "context"),
+    [
+        ("setitem", torch.no_grad),
+        ("setitem", torch.inference_mode),
+        ("view_in_place", torch.no_grad),
+        ("view_out", torch.no_grad),
+        pytest.param("view_in_place", torch.inference_mode, marks=_STALE_CARRY),
+        pytest.param("view_out", torch.inference_mode, marks=_STALE_CARRY),
+        pytest.param("data", torch.no_grad, marks=_STALE_CARRY),
+        pytest.param("numpy", torch.no_grad, marks=_STALE_CARRY),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
+def test_writes_into_activations_are_seen(how, context, pattern):
+    torch.manual_seed(0)
+    model = _ModifiesActivation(how).eval()
+    x = pattern("blobs", (2, 3, 64, 64))
+    with context():
+        expected = model(x)
+        torch.testing.assert_close(zeroskip.sparsify_(model, mode="tiles")(x), expected)
 
 
 def test_sparsified_model_trains(pattern):
