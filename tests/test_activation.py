@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 from unittest import mock
 
@@ -16,7 +17,7 @@ from conftest import EAGER_COSTS, make_pattern
 
 import zeroskip
 import zeroskip._cost
-from zeroskip.activation import SparseActivation, carried
+from zeroskip.activation import SparseActivation, _pool_size, active_boxes, carried, dilate
 from zeroskip.models import randomize_batchnorm_
 
 
@@ -145,7 +146,8 @@ def assert_network_matches(dense: nn.Module, x: torch.Tensor, *, eager: bool = F
         with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS) if eager else contextlib.nullcontext():
             actual = sparse(x)
     assert type(actual) is torch.Tensor, "outputs leave the network as plain tensors"
-    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    finite = expected[expected.isfinite()]
+    scale = float(finite.abs().max()) if finite.numel() else 1.0
     torch.testing.assert_close(actual, expected, atol=1e-5 * max(scale, 1.0), rtol=1.3e-6, equal_nan=True)
     return sparse
 
@@ -266,3 +268,41 @@ def test_every_pattern_and_batch_mix():
     for pattern, batch in itertools.product(("blobs", "scatter", "row_band", "column_band", "mixed_batch"), (1, 5)):
         x = make_pattern(pattern, (batch, 3, 41, 39), seed=batch)
         assert_network_matches(dense, x, eager=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_inputs(value):
+    layers = [CARRIED[name]() for name in ("maxpool", "residual_add_inplace", "upsample_nearest", "concat")]
+    dense, _ = _network(nn.Sequential(*layers))
+    x = make_pattern("pixel_center", (2, 3, 36, 45))
+    x[0, 1, 5, 40] = value
+    x[1, 0, 0, 0] = value
+    assert_network_matches(dense, x, eager=True)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_dilate_matches_max_pooling(seed):
+    generator = torch.Generator().manual_seed(seed)
+    draw = functools.partial(torch.randint, generator=generator)
+    kernel, stride, dilation = [(int(draw(1, 5, ())), int(draw(1, 5, ()))) for _ in range(3)]
+    pad = tuple(int(draw(0, k // 2 + 1, ())) for k in kernel)
+    size = (int(draw(8, 30, ())), int(draw(8, 30, ())))
+    activity = (torch.rand(2, 1, *size, generator=generator) < 0.05).to(torch.uint8)
+    ceil_mode = bool(draw(0, 2, ()))
+    try:
+        expected = F.max_pool2d(activity.float(), kernel, stride, pad, dilation, ceil_mode).to(torch.uint8)
+    except RuntimeError:
+        return
+    actual = dilate(activity, tuple(expected.shape[2:]), kernel, stride, dilation, pad)
+    assert torch.equal(actual, expected)
+    axes = zip(size, kernel, stride, pad, dilation)
+    assert tuple(_pool_size(*axis, ceil_mode) for axis in axes) == tuple(expected.shape[2:])
+
+
+def test_active_boxes_cover_the_activity():
+    activity = make_pattern("blobs", (3, 1, 40, 50), seed=4).ne(0).to(torch.uint8)
+    covered = torch.zeros_like(activity)
+    for image, top, bottom, left, right in active_boxes(activity):
+        covered[image, 0, top:bottom, left:right] = 1
+    assert torch.equal(covered.mul(activity), activity)
+    assert covered.sum() < 3 * activity.sum()

@@ -146,10 +146,15 @@ def dilate(
     return activity
 
 
-def _mutates(func: Callable, kwargs: dict) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _in_place(func: Callable) -> bool:
+    """Whether ``func`` writes into its first argument, by PyTorch's naming (``add_``, ``__iadd__``)."""
     name = getattr(func, "__name__", "")
-    in_place = (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
-    return in_place or bool(kwargs.get("inplace")) or "out" in kwargs
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
+
+
+def _mutates(func: Callable, kwargs: dict) -> bool:
+    return _in_place(func) or bool(kwargs.get("inplace")) or "out" in kwargs
 
 
 def _spatially_constant(tensor: torch.Tensor) -> bool:
@@ -205,7 +210,7 @@ def _pointwise(func, args, kwargs, inputs: Sequence[int] | None = None):
     fields = dict(zip(carries, aligned([c.background for c in carries.values()])))
     # Cores are shared between tensors: an op in place by name runs on a copy.
     core_args = [
-        (fields[i].core.clone() if in_place and i == 0 else fields[i].core) if i in fields else a
+        (fields[i].core.clone() if i == 0 and _in_place(func) else fields[i].core) if i in fields else a
         for i, a in enumerate(args)
     ]
     core_kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
