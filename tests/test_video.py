@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -65,7 +66,7 @@ def test_resnet18_builds_without_downloads():
 
 
 def test_unknown_model():
-    with pytest.raises(ValueError, match="`model` must be one of .*got 'vgg'"):
+    with pytest.raises(ValueError, match="must be one of .*got 'vgg'"):
         video.build_model("vgg")
 
 
@@ -239,6 +240,37 @@ def test_work_fraction_of_a_bare_layer_and_of_no_call():
 )
 def test_mode_label(chosen, label):
     assert video.mode_label([_record("x", 0.5, c) for c in chosen]) == label
+
+
+@pytest.mark.parametrize("wrap", [lambda y: y, lambda y: {"out": y, "aux": [y, (y,)]}])
+def test_measure_batch_compares_every_output_tensor(wrap):
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return wrap(self.conv(x))
+
+    dense = Wrapped().eval()
+    sparse = sparsify_(copy.deepcopy(dense), mode="tiles")
+    x = torch.zeros(2, 3, 16, 16)
+    x[0, :, 4:6, 4:6] = 1.0
+    result = video.measure_batch(0, x, dense, sparse)
+    assert result.agree and result.max_abs_err < 1e-6 and result.frames == 2
+    assert result.mode == "tiles" or result.mode.startswith("fill")
+    assert 0 < result.sparsity_after < 100
+
+
+@pytest.mark.parametrize(
+    "expected, error, agree",
+    [(1.0, 9e-6, True), (1.0, 2e-5, False), (0.5, 1.1e-5, False), (1000.0, 9e-3, True), (1000.0, 2e-2, False)],
+)
+def test_outputs_agree_scales_atol_with_the_largest_magnitude(expected, error, agree):
+    dense = torch.tensor([0.0, expected])
+    sparse = dense.clone()
+    sparse[0] = error
+    assert video.outputs_agree(sparse, dense) is agree
 
 
 def test_format_summary_mentions_the_key_figures(tmp_path):
