@@ -104,6 +104,22 @@ def test_from_dense_rejects_other_modules():
         SparseConv2d.from_dense(nn.Linear(2, 3))
 
 
+def test_parametrized_conv_is_rejected_or_left_dense(pattern):
+    """A parametrized weight (weight_norm, spectral_norm) lives on a generated class: from_dense says so,
+    and sparsify_ leaves the module as it is."""
+    torch.manual_seed(0)
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3, padding=1))
+    with pytest.raises(TypeError, match=r"`conv`.*parametriz.*ParametrizedConv2d"):
+        SparseConv2d.from_dense(conv)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Conv2d(4, 4, 3))
+    x = pattern("blobs", (2, 3, 16, 16))
+    with torch.no_grad():
+        expected = model(x)
+        zeroskip.sparsify_(model)
+        assert model[0] is conv and isinstance(model[2], SparseConv2d)
+        torch.testing.assert_close(model(x), expected)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_state_dict_keys_unchanged_and_loadable_both_ways(bias):
     torch.manual_seed(0)

@@ -305,6 +305,9 @@ class SparseConv2d(nn.Conv2d):
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"`conv` must be an nn.Conv2d, got {type(conv).__name__}")
+        if nn.utils.parametrize.is_parametrized(conv):
+            # Its parametrized weight is a property of the generated class, lost by the class swap below.
+            raise TypeError(f"`conv` must not be parametrized (weight_norm, ...), got {type(conv).__name__}")
         sparse = cls.__new__(cls)
         nn.Module.__init__(sparse)
         # Take every attribute (hyper-parameters, hooks, buffers, parameters) without
