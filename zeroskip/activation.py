@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,11 +51,12 @@ class SparseActivation(torch.Tensor):
                 return result
         with torch._C.DisableTorchFunctionSubclass():
             result = func(*args, **kwargs)
-            # Anything this module does not know may have written into its inputs' values.
-            if _mutates(func, kwargs):
-                for target in (args[0] if args else None, kwargs.get("out")):
-                    if isinstance(target, SparseActivation):
-                        target._zeroskip_carry = None
+            # Anything this module does not know may have written into its inputs' values, or may
+            # hand out their memory (a view, .data, .numpy()) to be written later, unseen.
+            mutated = _mutates(func, kwargs)
+            for target in (*args, kwargs.get("out")):
+                if isinstance(target, SparseActivation) and (mutated or _aliases(result, target)):
+                    target._zeroskip_carry = None
         return result
 
 
@@ -151,6 +153,17 @@ def _in_place(func: Callable) -> bool:
     """Whether ``func`` writes into its first argument, by PyTorch's naming (``add_``, ``__iadd__``)."""
     name = getattr(func, "__name__", "")
     return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
+
+
+def _aliases(result: object, tensor: torch.Tensor) -> bool:
+    """Whether ``result`` (other than ``tensor`` itself) exposes ``tensor``'s memory."""
+    if result is tensor:
+        return False
+    if isinstance(result, torch.Tensor):
+        return result.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+    if isinstance(result, (tuple, list)):
+        return any(_aliases(item, tensor) for item in result)
+    return isinstance(result, (np.ndarray, torch.UntypedStorage, torch.TypedStorage, memoryview))
 
 
 def _mutates(func: Callable, kwargs: dict) -> bool:
