@@ -21,6 +21,29 @@ def _dense_copy(sparse: SparseConv2d) -> nn.Conv2d:
     return dense
 
 
+def _convert_tree(model: nn.Module, leaf: Callable[[nn.Module, str], nn.Module | None]) -> nn.Module:
+    """Apply ``leaf(module, qualified_name)`` from the root down: its result replaces the module or,
+    when ``None``, the module stays and its children are visited. A module held in several places
+    (shared or tied) is visited once and its replacement put in every place, so it stays shared."""
+    done: dict[int, nn.Module] = {}
+
+    def visit(module: nn.Module, name: str) -> nn.Module:
+        if id(module) in done:
+            return done[id(module)]
+        replacement = leaf(module, name)
+        done[id(module)] = module if replacement is None else replacement
+        if replacement is None:
+            # Not named_children(): it lists a module held twice only once.
+            for child_name, child in list(module._modules.items()):
+                if child is not None:
+                    converted = visit(child, f"{name}.{child_name}" if name else child_name)
+                    if converted is not child:
+                        setattr(module, child_name, converted)
+        return done[id(module)]
+
+    return visit(model, "")
+
+
 def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | None = None) -> nn.Module:
     """Replace every ``nn.Conv2d`` in ``model`` by a :class:`SparseConv2d` sharing its parameters.
 
@@ -40,22 +63,17 @@ def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | Non
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
 
-    def convert(module: nn.Module, name: str) -> nn.Module:
+    def leaf(module: nn.Module, name: str) -> nn.Module | None:
         if isinstance(module, SparseConv2d):
             module.mode = mode
-            module._zeroskip_name = name
-            return module
-        if type(module) is nn.Conv2d and (filter_fn is None or filter_fn(module, name)):
-            sparse = SparseConv2d.from_dense(module, mode=mode)
-            sparse._zeroskip_name = name
-            return sparse
-        for child_name, child in module.named_children():
-            replacement = convert(child, f"{name}.{child_name}" if name else child_name)
-            if replacement is not child:
-                setattr(module, child_name, replacement)
+        elif type(module) is nn.Conv2d and (filter_fn is None or filter_fn(module, name)):
+            module = SparseConv2d.from_dense(module, mode=mode)
+        else:
+            return None
+        module._zeroskip_name = name
         return module
 
-    model = convert(model, "")
+    model = _convert_tree(model, leaf)
     if not isinstance(model, SparseConv2d):
         attach(model)
     return model
@@ -66,11 +84,11 @@ def densify_(model: nn.Module) -> nn.Module:
     with the same parameters. Returns the model (or the converted module for a bare one)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-    if isinstance(model, SparseConv2d):
-        return _dense_copy(model)
-    detach(model)
-    for child_name, child in model.named_children():
-        replacement = densify_(child)
-        if replacement is not child:
-            setattr(model, child_name, replacement)
-    return model
+
+    def leaf(module: nn.Module, name: str) -> nn.Module | None:
+        if isinstance(module, SparseConv2d):
+            return _dense_copy(module)
+        detach(module)
+        return None
+
+    return _convert_tree(model, leaf)
