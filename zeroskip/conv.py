@@ -279,6 +279,13 @@ def conv2d(
     return _conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size)
 
 
+def _untraceable(tool: str) -> str:
+    return (
+        f"{tool} cannot capture zeroskip.SparseConv2d: what it computes depends on the input's values at run time;"
+        " call zeroskip.densify_(model) first (same parameters, plain nn.Conv2d)"
+    )
+
+
 class SparseConv2d(nn.Conv2d):
     """``nn.Conv2d`` that runs :func:`zeroskip.conv2d`. Same constructor, plus ``mode`` and
     ``tile_size``; same parameters and ``state_dict`` keys.
@@ -334,7 +341,15 @@ class SparseConv2d(nn.Conv2d):
             self._finite_cache = cache
         return cache[3]
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(_untraceable("torch.jit.script"))
+
+    # Run eagerly under torch.compile (a graph break): the plan depends on the input's values.
+    @torch.compiler.disable(reason=_untraceable("torch.compile(fullgraph=True) or torch.export(strict=True)"))
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            # A captured graph would replay one input's plan on every other input.
+            raise RuntimeError(_untraceable("torch.export" if torch.compiler.is_exporting() else "torch.jit.trace"))
         if self.padding_mode != "zeros":
             # Pad with the module's mode first, exactly as nn.Conv2d does, then convolve unpadded.
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)

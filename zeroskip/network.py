@@ -145,6 +145,9 @@ def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
 
 
 def _worth_carrying(module: nn.Module, x: object) -> bool:
+    if torch.compiler.is_compiling():
+        # Graph capture runs on fake tensors; the sparse convolutions run eagerly without a carry.
+        return False
     if not isinstance(x, torch.Tensor) or isinstance(x, SparseActivation) or x.dim() != 4:
         return False
     if not x.is_floating_point() or x.layout != torch.strided or x.numel() == 0:
