@@ -225,7 +225,7 @@ def _conv2d(
         out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size, weights_finite)
     else:
         out, ran, fraction, detail = _forward(
-            carry.values, weight, bias, padding, g, mode, tile_size or carry.tile_size, weights_finite,
+            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size, weights_finite,
             carry.activity, carry.fill,
         )
         out = carry.finish(out)

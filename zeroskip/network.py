@@ -8,7 +8,8 @@ network produces from an all-background input; on the way out, outputs become pl
 
 The carry ends, and the network continues on plain tensors, wherever a layer is not one that keeps
 it (see :mod:`zeroskip.activation`) or a convolution runs densely: then the active region has grown
-too large to be worth skipping.
+too large to be worth skipping. From there on, and throughout a forward whose input is dense, sparse
+convolutions with plain inputs run densely without checking them: nothing is left to skip.
 """
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ class _BackgroundCache:
 _CACHE = _BackgroundCache()
 
 
+class _Forwards(threading.local):
+    """Per thread, for each sparsified model forward in progress, whether it is known dense."""
+
+    def __init__(self) -> None:
+        self.dense: list[bool] = []
+
+
+_FORWARDS = _Forwards()
+
+
+def _mark_dense() -> None:
+    if _FORWARDS.dense:
+        _FORWARDS.dense[-1] = True
+
+
 @dataclass
 class ConvCarry:
     """A convolution of a carried input: what the engine needs, and how to carry its output on.
@@ -82,26 +98,37 @@ class ConvCarry:
     Attributes:
         values: the input values, a plain tensor.
         activity: uint8 ``(B, H_out, W_out)``, non-zero at output pixels that may differ from
-            the background.
+            the background; ``None`` for a plain input in a forward known dense.
         tile_size: tile for the engine when the layer sets none (``None``: the engine's choice).
     """
 
     values: torch.Tensor
-    activity: torch.Tensor
+    activity: torch.Tensor | None
     tile_size: tuple[int, int] | None
-    _out_activity: torch.Tensor
-    _background: Callable[[], Background]
+    _out_activity: torch.Tensor | None = None
+    _background: Callable[[], Background] | None = None
     _filled: Background | None = field(default=None)
 
-    def fill(self, out: torch.Tensor) -> None:
-        """Write the output background into ``out``, the engine's output before active tiles run."""
+    def mode(self, mode: str) -> str:
+        """The engine mode for a layer set to ``mode``: ``"auto"`` runs dense in a forward known dense."""
+        return "dense" if self.activity is None and mode == "auto" else mode
+
+    @property
+    def fill(self) -> Callable[[torch.Tensor], None] | None:
+        """What writes the output background into the engine's output before active tiles run."""
+        return None if self.activity is None else self._fill
+
+    def _fill(self, out: torch.Tensor) -> None:
         self._filled = self._background()
         self._filled.fill(out)
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         """The convolution's output, carried on unless the engine ran it densely with most of it active."""
+        if self._out_activity is None:
+            return out
         if self._filled is None:
             if float(self._out_activity.float().mean()) > _DENSE_CARRY_MAX_ACTIVE:
+                _mark_dense()
                 return plain(out)
             self._filled = self._background()
         return wrap(out, self._out_activity, self._filled)
@@ -117,10 +144,11 @@ def _tile_size(g: ConvGeometry) -> tuple[int, int] | None:
 
 
 def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry) -> ConvCarry | None:
-    """The carry of a convolution call, or ``None`` when ``input`` carries nothing (4-D inputs only)."""
+    """The carry of a convolution call: ``None`` when ``input`` carries nothing, outside a forward
+    known dense (4-D inputs only)."""
     carry = carried(input)
     if carry is None or input.dim() != 4:
-        return None
+        return ConvCarry(input, None, None) if _FORWARDS.dense and _FORWARDS.dense[-1] else None
     out_activity = dilate(
         carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
     )
@@ -139,26 +167,28 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
 
 
 def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
-    if not args or not _worth_carrying(module, args[0]):
-        return None
-    return (start(args[0]), *args[1:])
+    kind = _input_kind(module, args[0]) if args else ""
+    _FORWARDS.dense.append(kind == "dense")
+    return (start(args[0]), *args[1:]) if kind == "sparse" else None
 
 
-def _worth_carrying(module: nn.Module, x: object) -> bool:
+def _input_kind(module: nn.Module, x: object) -> str:
+    """``"sparse"`` (carry it), ``"dense"`` (nothing to skip anywhere) or ``""`` (leave it to each layer)."""
     if torch.compiler.is_compiling():
         # Graph capture runs on fake tensors; the sparse convolutions run eagerly without a carry.
-        return False
+        return ""
     if not isinstance(x, torch.Tensor) or isinstance(x, SparseActivation) or x.dim() != 4:
-        return False
+        return ""
     if not x.is_floating_point() or x.layout != torch.strided or x.numel() == 0:
-        return False
+        return ""
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
         # Sparse convolutions run densely under autograd anyway.
-        return False
-    return bool((sampled_density(x) <= _CARRY_MAX_DENSITY).any())
+        return ""
+    return "sparse" if bool((sampled_density(x) <= _CARRY_MAX_DENSITY).any()) else "dense"
 
 
 def _plain_outputs(module: nn.Module, args: tuple, output):
+    _FORWARDS.dense.pop()
     if isinstance(output, torch.Tensor):
         return plain(output)
     if isinstance(output, (tuple, list)) and any(isinstance(o, SparseActivation) for o in output):
@@ -184,7 +214,11 @@ def attach(model: nn.Module) -> None:
     setattr(
         model,
         _HOOKS_ATTRIBUTE,
-        (model.register_forward_pre_hook(_carry_input), model.register_forward_hook(_plain_outputs)),
+        (
+            model.register_forward_pre_hook(_carry_input),
+            # Also after an exception, to end the forward's entry in _FORWARDS.
+            model.register_forward_hook(_plain_outputs, always_call=True),
+        ),
     )
 
 
