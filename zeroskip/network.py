@@ -167,8 +167,9 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
 
 
 def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
+    _FORWARDS.dense.append(False)
     kind = _input_kind(module, args[0]) if args else ""
-    _FORWARDS.dense.append(kind == "dense")
+    _FORWARDS.dense[-1] = kind == "dense"
     return (start(args[0]), *args[1:]) if kind == "sparse" else None
 
 
@@ -188,7 +189,8 @@ def _input_kind(module: nn.Module, x: object) -> str:
 
 
 def _plain_outputs(module: nn.Module, args: tuple, output):
-    _FORWARDS.dense.pop()
+    if _FORWARDS.dense:
+        _FORWARDS.dense.pop()
     if isinstance(output, torch.Tensor):
         return plain(output)
     if isinstance(output, (tuple, list)) and any(isinstance(o, SparseActivation) for o in output):
