@@ -317,3 +317,25 @@ def test_active_boxes_cover_the_activity():
         covered[image, 0, top:bottom, left:right] = 1
     assert torch.equal(covered.mul(activity), activity)
     assert covered.sum() < 3 * activity.sum()
+
+
+def test_failed_forward_leaves_no_state():
+    from zeroskip.network import _FORWARDS
+
+    def fail(x):
+        raise RuntimeError("boom")
+
+    dense, _ = _network(Lambda(fail))
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    for pattern in ("dense", "pixel_center"):
+        with pytest.raises(RuntimeError, match="boom"):
+            sparse(make_pattern(pattern, (1, 3, 20, 20)))
+        assert _FORWARDS.dense == []
+
+
+def test_dense_forward_skips_the_activity_checks():
+    dense, _ = _network(nn.ReLU())
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    with torch.inference_mode(), zeroskip.profile() as prof:
+        sparse(make_pattern("dense", (1, 3, 40, 40)))
+    assert [r.detail for r in prof.records] == ["mode=dense"] * 3
