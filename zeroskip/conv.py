@@ -31,8 +31,8 @@ def _check_mode(mode: object) -> str:
     return mode  # type: ignore[return-value]
 
 
-def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, weights_finite: bool | None) -> str:
-    """Why this call cannot skip anything exactly, or ``""`` if it can."""
+def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+    """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
     if x.shape[0] == 0 or x.numel() == 0:
         return "empty input"
     if not x.is_floating_point() or x.layout != torch.strided:
@@ -45,17 +45,18 @@ def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return "autograd"
-    if weights_finite is None:
-        weights_finite = parameters_finite(weight, bias)
-    if not weights_finite:
-        # 0 * inf is NaN in the dense result, so no output can be skipped.
-        return "non-finite weights"
     return ""
 
 
 def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    finite = bool(torch.isfinite(weight).all())
-    return finite and (bias is None or bool(torch.isfinite(bias).all()))
+    """Whether every weight and bias value is finite.
+
+    Checked on every call, not cached: writes through ``.data`` leave no trace a cache could see.
+    A sum is one vectorised pass; it is non-finite if any term is (or if it overflows, which only
+    sends the call to the dense path).
+    """
+    total = weight.sum() if bias is None else weight.sum() + bias.sum()
+    return bool(torch.isfinite(total))
 
 
 # Output memory format per call signature; bounded because shapes vary without limit.
@@ -136,23 +137,25 @@ def _choose(mode: str, costs: ImageCosts, tile_fraction: float, row_fraction: fl
     return choose(costs, tile_fraction, row_fraction)
 
 
-def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, weights_finite, activity=None, fill=None):
+def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, activity=None, fill=None):
     """Returns the output, what ran, the active fraction and the plan detail.
 
     ``activity`` (uint8 ``(B, H_out, W_out)``, from a carried input) replaces the activity check,
     and ``fill`` writes the values of the skipped outputs.
     """
-    reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias, weights_finite)
+    reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias)
     costs = image_costs(g, x.element_size())
     if activity is not None:
         costs = dataclasses.replace(costs, check=0.0)
-    if not reason and mode == "auto":
-        if not sparse_can_win(costs, g.batch):
-            reason = "layer too cheap to skip"
-        elif activity is None:
-            density = sampled_density(x)
-            if bool((density > _DENSE_SAMPLE_DENSITY).all()):
-                reason = f"sampled density {density.min().item():.2f}"
+    if not reason and mode == "auto" and not sparse_can_win(costs, g.batch):
+        reason = "layer too cheap to skip"
+    if not reason and not parameters_finite(weight, bias):
+        # 0 * inf is NaN in the dense result, so no output can be skipped.
+        reason = "non-finite weights"
+    if not reason and mode == "auto" and activity is None:
+        density = sampled_density(x)
+        if bool((density > _DENSE_SAMPLE_DENSITY).all()):
+            reason = f"sampled density {density.min().item():.2f}"
     if reason:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
 
@@ -210,7 +213,7 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, we
 
 
 def _conv2d(
-    input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, weights_finite=None
+    input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None
 ):
     _check_mode(mode)
     g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
@@ -222,10 +225,10 @@ def _conv2d(
     x = input.unsqueeze(0) if unbatched else input
     carry = carry_conv(x, weight, bias, stride, padding, dilation, groups, g)
     if carry is None:
-        out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size, weights_finite)
+        out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size)
     else:
         out, ran, fraction, detail = _forward(
-            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size, weights_finite,
+            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size,
             carry.activity, carry.fill,
         )
         out = carry.finish(out)
@@ -299,7 +302,6 @@ class SparseConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.mode = _check_mode(mode)
         self.tile_size = tile_size
-        self._finite_cache: tuple | None = None
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, *, mode: str = "auto", tile_size=None, copy: bool = False) -> SparseConv2d:
@@ -328,18 +330,7 @@ class SparseConv2d(nn.Conv2d):
                     sparse._parameters[key] = nn.Parameter(param.detach().clone(), param.requires_grad)
         sparse.mode = _check_mode(mode)
         sparse.tile_size = tile_size
-        sparse._finite_cache = None
         return sparse
-
-    def _weights_finite(self) -> bool:
-        """``parameters_finite``, recomputed only when a parameter is replaced or modified."""
-        weight, bias = self.weight, self.bias
-        versions = (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()))
-        cache = self._finite_cache
-        if cache is None or cache[0] is not weight or cache[1] is not bias or cache[2] != versions:
-            cache = (weight, bias, versions, parameters_finite(weight, bias))
-            self._finite_cache = cache
-        return cache[3]
 
     def __prepare_scriptable__(self) -> nn.Module:
         raise RuntimeError(_untraceable("torch.jit.script"))
@@ -358,7 +349,7 @@ class SparseConv2d(nn.Conv2d):
             padding = self.padding
         return _conv2d(
             input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups, self.mode,
-            self.tile_size, name=getattr(self, "_zeroskip_name", None), weights_finite=self._weights_finite(),
+            self.tile_size, name=getattr(self, "_zeroskip_name", None),
         )
 
     def extra_repr(self) -> str:

@@ -15,7 +15,7 @@ FilterFn = Callable[[nn.Module, str], bool]
 def _dense_copy(sparse: SparseConv2d) -> nn.Conv2d:
     dense = nn.Conv2d.__new__(nn.Conv2d)
     state = dict(sparse.__dict__)
-    for key in ("mode", "tile_size", "_finite_cache", "_zeroskip_name"):
+    for key in ("mode", "tile_size", "_zeroskip_name"):
         state.pop(key, None)
     dense.__dict__.update(state)
     return dense
