@@ -289,7 +289,7 @@ def masked_frames(video: Path, count: int, first: int) -> torch.Tensor:
     cache = _cache_path(video, first, count)
     if cache.exists():
         with contextlib.suppress(Exception):  # an unreadable cache is rebuilt below
-            return frames_to_tensor(list(torch.load(cache).numpy()))
+            return frames_to_tensor(list(torch.load(cache, weights_only=True).numpy()))
     capture = _cv2().VideoCapture(str(video))
     masker = BackgroundMasker()
     kept = []
