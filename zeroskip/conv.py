@@ -335,12 +335,20 @@ class SparseConv2d(nn.Conv2d):
     def __prepare_scriptable__(self) -> nn.Module:
         raise RuntimeError(_untraceable("torch.jit.script"))
 
-    # Run eagerly under torch.compile (a graph break): the plan depends on the input's values.
-    @torch.compiler.disable(reason=_untraceable("torch.compile(fullgraph=True) or torch.export(strict=True)"))
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self._forward_captured(input)
+        return self._forward(input)
+
+    # Under torch.compile a graph break: the plan depends on the input's values, so it runs eagerly.
+    @torch.compiler.disable(reason=_untraceable("torch.compile(fullgraph=True) or torch.export(strict=True)"))
+    def _forward_captured(self, input: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_exporting() or torch.jit.is_tracing():
             # A captured graph would replay one input's plan on every other input.
             raise RuntimeError(_untraceable("torch.export" if torch.compiler.is_exporting() else "torch.jit.trace"))
+        return self._forward(input)
+
+    def _forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":
             # Pad with the module's mode first, exactly as nn.Conv2d does, then convolve unpadded.
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
