@@ -152,25 +152,24 @@ REGRESSIONS = [
 ]
 
 
-def _with_regressions(test):
+def _fuzz_test(max_examples: int, derandomize: bool):
+    """A hypothesis test of ``max_examples`` cases, plus every regression example."""
+
+    @settings(max_examples=max_examples, deadline=None, derandomize=derandomize,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(case=cases())
+    def test(case):
+        check_case(case)
+
     for case in REGRESSIONS:
         test = example(case=case)(test)
     return test
 
 
-@_with_regressions
-@settings(max_examples=FAST_EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(case=cases())
-def test_fuzz(case):
-    check_case(case)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not SLOW, reason="slow fuzz profile: ZEROSKIP_FUZZ=slow (make fuzz)")
-@_with_regressions
-@settings(max_examples=SLOW_EXAMPLES, deadline=None, derandomize=False,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(case=cases())
-def test_fuzz_slow(case):
-    check_case(case)
+# The default run draws the same cases every time; the slow profile new ones on every run.
+test_fuzz = _fuzz_test(FAST_EXAMPLES, derandomize=True)
+test_fuzz_slow = pytest.mark.slow(
+    pytest.mark.skipif(not SLOW, reason="slow fuzz profile: ZEROSKIP_FUZZ=slow (make fuzz)")(
+        _fuzz_test(SLOW_EXAMPLES, derandomize=False)
+    )
+)

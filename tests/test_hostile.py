@@ -207,3 +207,12 @@ def test_non_tensor_and_ill_typed_arguments_name_the_argument(arguments):
     name = next(iter(arguments))
     with pytest.raises((TypeError, ValueError), match=f"`{name}`"):
         zeroskip.conv2d(**call)
+
+
+@pytest.mark.parametrize("mode", zeroskip.MODES)
+def test_meta_tensors_give_the_dense_shape(mode):
+    """Meta tensors (shape inference, deferred initialisation) have no values: zeroskip runs F.conv2d."""
+    x, weight = torch.empty(2, 3, 17, 19, device="meta"), torch.empty(4, 3, 3, 3, device="meta")
+    expected = F.conv2d(x, weight, None, 2, 1)
+    out = zeroskip.conv2d(x, weight, None, 2, 1, mode=mode)
+    assert out.device.type == "meta" and out.shape == expected.shape and out.stride() == expected.stride()

@@ -35,8 +35,9 @@ def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
     if x.shape[0] == 0 or x.numel() == 0:
         return "empty input"
-    if not x.is_floating_point() or x.layout != torch.strided:
-        return f"unsupported input {x.dtype}/{x.layout}"
+    if not x.is_floating_point() or x.layout != torch.strided or x.device.type == "meta":
+        # Meta tensors have no values to look at.
+        return f"unsupported input {x.dtype}/{x.layout}/{x.device.type}"
     if weight.dtype != x.dtype or weight.device != x.device or (
         bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
     ):
