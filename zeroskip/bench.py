@@ -663,7 +663,6 @@ _FUNCTION_STEPS = {
     "row_activity": "activity check",
     "cell_activity": "activity check",
     "_reduce_blocks": "activity check",
-    "padded_input": "gather",
     "_band_buffer": "gather",
     "_pad_band": "gather",
     "_new_output": "fill",
