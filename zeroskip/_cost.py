@@ -18,6 +18,9 @@ _NS_PER_OUTPUT = 0.12  # writing one float32 output element once (fill, or the c
 _NS_PER_CHECK = 0.4  # activity check, per input element (two reductions over the input)
 _NS_PER_COPY = 0.3  # gathering one input element into a tile patch, or copying one output element back
 _NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call
+# Convolving many small patches runs oneDNN below its full-image efficiency (the full W3 sweep of
+# benchmarks/results: the tile path costs 1.3x to 2x dense per computed output).
+_PATCH_SLOWDOWN = 2.0
 _MARGIN = 0.9
 
 
@@ -52,7 +55,7 @@ def image_costs(g: ConvGeometry, itemsize: int) -> ImageCosts:
         dense=convolution,
         fill=store,
         check=inputs * _NS_PER_CHECK * width,
-        tiles_full=convolution + (outputs + inputs * halo) * _NS_PER_COPY * width,
+        tiles_full=_PATCH_SLOWDOWN * convolution + (outputs + inputs * halo) * _NS_PER_COPY * width,
         rows_full=convolution + outputs * _NS_PER_COPY * width,
     )
 

@@ -162,10 +162,9 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
 
     tile = tile_size if tile_size is not None else default_tile_size(g)
     tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
-    out = _new_output(x, weight, bias, g, fill)
     chosen: list[str] = []
     fractions: list[float] = []
-    tiles_run = 0
+    tile_maps: list[tuple[int, torch.Tensor]] = []
     if mode == "rows":
         rows = active_rows(x, g) if activity is None else activity.any(2)
         for fraction in rows.float().mean(1).tolist():
@@ -176,27 +175,33 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
         cell = activity_cell(g, tile)
         per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
         for start in range(0, g.batch, per_chunk):
-            chunk = x[start : start + per_chunk]
             if activity is None:
-                active = active_tiles(chunk, cell, g, tile)
+                active = active_tiles(x[start : start + per_chunk], cell, g, tile)
             else:
                 active = output_tiles(activity[start : start + per_chunk], tile)
             for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):
                 path, fraction = _choose(mode, costs, tile_fraction, row_fraction)
                 chosen.append(path)
                 fractions.append(fraction)
-            local = [k for k in range(chunk.shape[0]) if chosen[start + k] == "tiles"]
-            if not local:
-                continue
-            if len(local) < chunk.shape[0]:
-                chunk, active = chunk[local], active[local]
-            tiles_run += int(active.sum())
-            run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
+            tile_maps.append((start, active))
+    if all(path == "dense" for path in chosen):
+        # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
+        return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
+
+    out = _new_output(x, weight, bias, g, fill)
+    tiles_run = 0
+    for start, active in tile_maps:
+        local = [k for k in range(active.shape[0]) if chosen[start + k] == "tiles"]
+        if not local:
+            continue
+        chunk = x[start : start + active.shape[0]]
+        if len(local) < chunk.shape[0]:
+            chunk, active = chunk[local], active[local]
+        tiles_run += int(active.sum())
+        run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
 
     detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
     dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
-    if len(dense_images) == g.batch:
-        return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
     if dense_images:
         index = torch.tensor(dense_images, device=x.device)
         out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
