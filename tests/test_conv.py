@@ -249,7 +249,7 @@ def test_all_zero_input_is_bias(mode, weights, conv_check):
 
 def test_auto_decides_per_image(pattern, weights, conv_check):
     """In one batch, the all-zero image is only filled and the dense one goes to F.conv2d."""
-    weight, _ = weights(16, 3, (7, 7))
+    weight, _ = weights(64, 3, (7, 7))
     x = pattern("mixed_batch", (5, 3, 128, 160))
     with zeroskip.profile() as prof:
         conv_check(x, weight, None, mode="auto", stride=2, padding=3)

@@ -9,7 +9,7 @@ import torch.nn as nn
 import zeroskip
 
 # Large enough that auto skips work (smaller layers are too cheap to bother).
-SHAPE = (2, 3, 128, 160)
+SHAPE = (2, 3, 256, 320)
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,9 @@ _NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call
 # benchmarks/results: the tile path costs 1.3x to 2x dense per computed output).
 _PATCH_SLOWDOWN = 2.0
 _MARGIN = 0.9
+# The check is paid on every call, also when it ends dense: it must be a small share of the dense
+# cost, or inputs that turn out dense (the common case deep in a network) pay too much for it.
+_CHECK_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,9 @@ def image_costs(g: ConvGeometry, itemsize: int) -> ImageCosts:
 
 
 def sparse_can_win(costs: ImageCosts, batch: int) -> bool:
-    """Whether an all-zero batch through a sparse path would beat dense: if not, no input can."""
-    return _NS_FIXED + batch * (costs.fill + costs.check) < _MARGIN * batch * costs.dense
+    """Whether checking is worth it: an all-zero batch (fill and check only) must cost a small
+    share of dense, or the check would slow down every input that turns out dense."""
+    return _NS_FIXED + batch * (costs.fill + costs.check) < _CHECK_SHARE * batch * costs.dense
 
 
 def choose(costs: ImageCosts, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
