@@ -11,14 +11,13 @@ both once more on the unmasked frames, where zeroskip can skip nothing and must 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import itertools
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,20 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._profiler import CallRecord, profile
-from .bench import DEFAULT_VIDEO, masked_frames, measure
+from .bench import DEFAULT_VIDEO, _threads, masked_frames, measure
 from .convert import sparsify_
 from .masking import _cv2, frames_to_tensor
 from .models import MODELS, build_model
-
-
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _raw_frames(video: Path, count: int, first: int) -> torch.Tensor:
