@@ -20,6 +20,7 @@ import datetime
 import functools
 import gc
 import io
+import itertools
 import json
 import math
 import os
@@ -272,6 +273,25 @@ def _cache_path(video: Path, first: int, count: int) -> Path:
     return Path(tempfile.gettempdir()) / "zeroskip-bench" / name
 
 
+def video_frames(video: Path, count: int) -> Iterator[Any]:
+    """The first ``count`` frames of ``video`` (BGR ``uint8`` arrays, as OpenCV decodes them).
+
+    Raises:
+        ValueError: the video cannot be read or is shorter than ``count`` frames.
+    """
+    from .masking import _cv2
+
+    capture = _cv2().VideoCapture(str(video))
+    try:
+        for index in range(count):
+            ok, frame = capture.read()
+            if not ok:
+                raise ValueError(f"`video` must have at least {count} readable frames, got {index} in {video}")
+            yield frame
+    finally:
+        capture.release()
+
+
 def masked_frames(video: Path, count: int, first: int) -> torch.Tensor:
     """Frames ``first .. first + count - 1`` of ``video`` masked as in the original experiment.
 
@@ -284,25 +304,15 @@ def masked_frames(video: Path, count: int, first: int) -> torch.Tensor:
     Raises:
         ValueError: the video cannot be read or is shorter than ``first + count`` frames.
     """
-    from .masking import BackgroundMasker, _cv2, frames_to_tensor
+    from .masking import BackgroundMasker, frames_to_tensor
 
     cache = _cache_path(video, first, count)
     if cache.exists():
         with contextlib.suppress(Exception):  # an unreadable cache is rebuilt below
             return frames_to_tensor(list(torch.load(cache, weights_only=True).numpy()))
-    capture = _cv2().VideoCapture(str(video))
     masker = BackgroundMasker()
-    kept = []
-    try:
-        for index in range(first + count):
-            ok, frame = capture.read()
-            if not ok:
-                raise ValueError(f"`video` must have at least {first + count} readable frames, got {index} in {video}")
-            masked = masker(frame)
-            if index >= first:
-                kept.append(masked)
-    finally:
-        capture.release()
+    # Every frame goes through the subtractor, so that it has learnt the background by ``first``.
+    kept = list(itertools.islice((masker(frame) for frame in video_frames(video, first + count)), first, None))
     cache.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(cache, _tensor_bytes(torch.stack([torch.from_numpy(frame) for frame in kept])))
     return frames_to_tensor(kept)

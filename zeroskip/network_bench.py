@@ -25,26 +25,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._profiler import CallRecord, profile
-from .bench import DEFAULT_VIDEO, _threads, masked_frames, measure
+from .bench import DEFAULT_VIDEO, _threads, masked_frames, measure, video_frames
 from .convert import sparsify_
-from .masking import _cv2, frames_to_tensor
+from .masking import frames_to_tensor
 from .models import MODELS, build_model
 
 
 def _raw_frames(video: Path, count: int, first: int) -> torch.Tensor:
     """Frames ``first .. first + count - 1`` of ``video``, unmasked, float ``(count, 3, H, W)``."""
-    capture = _cv2().VideoCapture(str(video))
-    frames = []
-    try:
-        for index in range(first + count):
-            ok, frame = capture.read()
-            if not ok:
-                raise ValueError(f"`video` must have at least {first + count} readable frames, got {index} in {video}")
-            if index >= first:
-                frames.append(frame)
-    finally:
-        capture.release()
-    return frames_to_tensor(frames)
+    return frames_to_tensor(list(itertools.islice(video_frames(video, first + count), first, None)))
 
 
 def stages(names: Sequence[str]) -> dict[str, str]:
