@@ -149,12 +149,6 @@ def pattern():
 
 
 @pytest.fixture
-def pattern_names() -> tuple[str, ...]:
-    """Every pattern name, for tests that pick one (property tests)."""
-    return PATTERNS
-
-
-@pytest.fixture
 def each_pattern():
     """``each_pattern(shape, dtype=float32, seed=0, *, core=False, mode=None)``: ``(name, input)`` per pattern.
 

@@ -109,7 +109,8 @@ def _sparse_input(case: dict, shape: tuple[int, int, int, int]) -> torch.Tensor:
 
 def _crashes_pytorch(case: dict) -> bool:
     """PyTorch 2.14's CPU ``F.conv2d`` segfaults on a channels_last call with a bias whose 1-wide kernel
-    dimension is dilated over a 1-wide input (see tests/test_geometry.py): neither side can run it."""
+    dimension is dilated over a 1-wide input (e.g. input (2, 2, 4, 1), kernel 1x1, stride 2, padding 1,
+    dilation (1, 2)): neither the reference nor zeroskip can run it."""
     thin = [size == 1 and k == 1 and d > 1 for size, k, d in
             zip((case["height"], case["width"]), case["kernel"], _pair(case["dilation"]))]
     return "channels_last" in case["layout"] and case["bias"] and any(thin)

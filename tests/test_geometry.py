@@ -1,99 +1,16 @@
-"""Geometry: a property test against ``F.conv2d`` over random convolution shapes, and argument checking."""
+"""Geometry: padding arithmetic and argument checking. The property test over random geometry against
+``F.conv2d`` is tests/test_fuzz.py (geometry x sparsity x dtype x layout x mode)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
 import zeroskip
 from zeroskip._geometry import check_conv_args
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
-
-@st.composite
-def convolutions(draw):
-    """Keyword arguments of one valid convolution: shapes, hyper-parameters, pattern, mode and layout."""
-    kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
-    stride = draw(st.sampled_from([1, 2, 3, (1, 2), (3, 1), (2, 2)]))
-    dilation = draw(st.sampled_from([1, 2, 3, (1, 2), (2, 1)]))
-    stride_pair = stride if isinstance(stride, tuple) else (stride, stride)
-    dilation_pair = dilation if isinstance(dilation, tuple) else (dilation, dilation)
-    window = tuple(d * (k - 1) + 1 for d, k in zip(dilation_pair, kernel))
-    paddings = [0, 1, 2, (0, 3), (3, 1), "valid"] + (["same"] if stride_pair == (1, 1) else [])
-    padding = draw(st.sampled_from(paddings))
-    if padding == "same":
-        total = (0, 0)
-    elif padding == "valid":
-        total = (0, 0)
-    else:
-        pair = padding if isinstance(padding, tuple) else (padding, padding)
-        total = (2 * pair[0], 2 * pair[1])
-    minimum = [1 if padding == "same" else max(1, w - t) for w, t in zip(window, total)]
-    height = draw(st.integers(minimum[0], max(minimum[0], 30)))
-    width = draw(st.integers(minimum[1], max(minimum[1], 30)))
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    in_per_group = draw(st.integers(1, 3))
-    depthwise = draw(st.booleans())
-    out_per_group = 1 if depthwise else draw(st.integers(1, 3))
-    return dict(
-        batch=draw(st.sampled_from([None, 0, 1, 2, 3])),
-        channels=groups * in_per_group,
-        height=height,
-        width=width,
-        out_channels=groups * out_per_group,
-        in_per_group=in_per_group,
-        kernel=kernel,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        bias=draw(st.booleans()),
-        pattern=draw(st.integers(0, 1000)),
-        seed=draw(st.integers(0, 2**16)),
-        mode=draw(st.sampled_from((*zeroskip.MODES, "auto_eager"))),
-        tile_size=draw(st.one_of(st.none(), st.integers(1, 12), st.tuples(st.integers(1, 12), st.integers(1, 12)))),
-        layout=draw(st.sampled_from(["contiguous", "channels_last", "channels_last_weight", "sliced"])),
-        dtype=draw(st.sampled_from([torch.float32, torch.float32, torch.float64])),
-    )
-
-
-def _crashes_pytorch(case: dict) -> bool:
-    """PyTorch 2.14's CPU F.conv2d itself segfaults for a channels_last input or weight with a bias, a
-    1-wide kernel column dilated over a 1-wide input (found by this test; e.g. input (2, 2, 4, 1),
-    kernel 1x1, stride 2, padding 1, dilation (1, 2)). Neither the reference nor zeroskip can run those."""
-    dilation = case["dilation"] if isinstance(case["dilation"], tuple) else (case["dilation"],) * 2
-    thin = [size == 1 and k == 1 and d > 1 for size, k, d in
-            zip((case["height"], case["width"]), case["kernel"], dilation)]
-    return case["layout"].startswith("channels_last") and case["bias"] and any(thin)
-
-
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=convolutions())
-def test_matches_dense_on_random_geometry(case, pattern, pattern_names, weights, conv_check):
-    assume(not _crashes_pytorch(case))
-    batch = case["batch"]
-    shape = (1 if batch is None else batch, case["channels"], case["height"], case["width"])
-    name = pattern_names[case["pattern"] % len(pattern_names)]
-    x = pattern(name, shape, case["dtype"], seed=case["seed"])
-    weight, bias = weights(case["out_channels"], case["in_per_group"], case["kernel"], bias=case["bias"],
-                           dtype=case["dtype"], seed=case["seed"] + 1)
-    if case["layout"] == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif case["layout"] == "channels_last_weight":
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    elif case["layout"] == "sliced":
-        # The same values, as a view with every stride doubled along W.
-        x = torch.stack([x, torch.ones_like(x)], -1)[..., 0]
-    if batch is None:
-        x = x[0]
-    with torch.no_grad():
-        conv_check(
-            x, weight, bias, mode=case["mode"], tile_size=case["tile_size"], msg=name,
-            stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=case["groups"],
-        )
 
 
 def test_same_padding_is_asymmetric_for_even_kernels():
