@@ -16,7 +16,7 @@ from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import active_rows, row_bands, run_rows
-from ._tiles import active_tiles, activity_cell, default_tile_size, output_tiles, run_tiles
+from ._tiles import active_tiles, default_tile_size, output_tiles, run_tiles
 from .network import carry_conv
 
 MODES = ("auto", "dense", "rows", "tiles")
@@ -172,11 +172,10 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
             chosen.append(path)
             fractions.append(fraction)
     else:
-        cell = activity_cell(g, tile)
         per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
         for start in range(0, g.batch, per_chunk):
             if activity is None:
-                active = active_tiles(x[start : start + per_chunk], cell, g, tile)
+                active = active_tiles(x[start : start + per_chunk], g, tile)
             else:
                 active = output_tiles(activity[start : start + per_chunk], tile)
             for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):

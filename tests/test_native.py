@@ -1,0 +1,127 @@
+"""The native activity scan against a brute-force answer, and the torch fallback beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zeroskip
+from zeroskip import _native, _tiles
+from zeroskip._geometry import check_conv_args
+from zeroskip._tiles import active_tiles
+
+needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
+
+
+def brute_force_tiles(x, g, tile):
+    """Per tile, whether its receptive field (clipped to the image) holds a non-zero value."""
+    n_i, n_j = -(-g.out_height // tile[0]), -(-g.out_width // tile[1])
+    nonzero = x.ne(0).any(1)
+    result = torch.zeros(x.shape[0], n_i, n_j, dtype=torch.bool)
+    for i in range(n_i):
+        top = i * tile[0] * g.stride[0] - g.pad_top
+        rows = slice(max(top, 0), max(top + (tile[0] - 1) * g.stride[0] + g.window[0], 0))
+        for j in range(n_j):
+            left = j * tile[1] * g.stride[1] - g.pad_left
+            cols = slice(max(left, 0), max(left + (tile[1] - 1) * g.stride[1] + g.window[1], 0))
+            result[:, i, j] = nonzero[:, rows, cols].flatten(1).any(1)
+    return result
+
+
+def sparse_input(shape, density, dtype, layout, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator).to(dtype)
+    x = x * (torch.rand(shape[0], 1, *shape[2:], generator=generator) < density)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.cat([x, x], 3)[..., ::2]
+    return x
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 5),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    kernel=st.integers(1, 5),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    padding=st.integers(0, 3),
+    tile=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    density=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    layout=st.sampled_from(["contiguous", "channels_last", "strided"]),
+    seed=st.integers(0, 2**16),
+)
+def test_native_scan_is_exact(
+    batch, channels, height, width, kernel, stride, dilation, padding, tile, density, dtype, layout, seed
+):
+    x = sparse_input((batch, channels, height, width), density, dtype, layout, seed)
+    weight = torch.zeros(2, channels, kernel, kernel, dtype=dtype)
+    if min(height, width) + 2 * padding < dilation * (kernel - 1) + 1:
+        return  # no output: nothing to scan
+    g = check_conv_args(x, weight, None, stride, padding, dilation, 1)
+    expected = brute_force_tiles(x, g, tile)
+    assert torch.equal(_native.scan_tiles(x, g, tile), expected)
+    # The torch check rounds windows out to cells: never fewer tiles.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_tiles, "scan_tiles", lambda *args: None)
+        assert (active_tiles(x, g, tile) >= expected).all()
+
+
+@needs_native
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e-45, -1.0])
+def test_native_scan_special_values(value):
+    x = torch.zeros(1, 2, 32, 32)
+    x[0, 1, 20, 5] = value
+    g = check_conv_args(x, torch.zeros(1, 2, 3, 3), None, 1, 1, 1, 1)
+    assert torch.equal(_native.scan_tiles(x, g, (8, 8)), brute_force_tiles(x, g, (8, 8)))
+    assert _native.scan_tiles(x, g, (8, 8)).sum() == 1
+
+
+@needs_native
+def test_negative_zero_is_inactive():
+    x = torch.full((1, 3, 16, 16), -0.0)
+    g = check_conv_args(x, torch.zeros(1, 3, 3, 3), None, 1, 1, 1, 1)
+    assert not _native.scan_tiles(x, g, (4, 4)).any()
+
+
+def test_scan_declines_what_it_cannot_read():
+    g = check_conv_args(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 3, 3), None, 1, 0, 1, 1)
+    assert _native.scan_tiles(torch.zeros(1, 1, 8, 8, dtype=torch.complex64), g, (2, 2)) is None
+    assert _native.scan_tiles(torch.zeros(0, 1, 8, 8), g, (2, 2)) is None
+
+
+@pytest.mark.parametrize("mode", ["auto", "tiles"])
+def test_torch_check_fallback_is_exact(monkeypatch, mode):
+    """Without the native library (no compiler, ZEROSKIP_NATIVE=0) the torch check serves."""
+    monkeypatch.setattr(_tiles, "scan_tiles", lambda *args: None)
+    x = sparse_input((3, 4, 45, 61), 0.02, torch.float32, "contiguous", 0)
+    weight = torch.randn(8, 4, 3, 3)
+    bias = torch.randn(8)
+    expected = F.conv2d(x, weight, bias, 2, 1)
+    torch.testing.assert_close(zeroskip.conv2d(x, weight, bias, 2, 1, mode=mode), expected)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("ZEROSKIP_NATIVE", "0")
+    monkeypatch.setattr(_native, "_library", None)
+    monkeypatch.setattr(_native, "_failure", None)
+    assert _native.library() is None
+    assert "ZEROSKIP_NATIVE=0" in _native.unavailable_reason()
+
+
+def test_build_failure_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(_native, "_library", None)
+    monkeypatch.setattr(_native, "_failure", None)
+    assert _native.library() is None
+    assert "unavailable" in _native.unavailable_reason()
+    assert not list(tmp_path.rglob("*.so"))
