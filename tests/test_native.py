@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 import zeroskip
 from zeroskip import _native, _tiles
 from zeroskip._geometry import check_conv_args
-from zeroskip._tiles import active_tiles
+from zeroskip._tiles import scan_activity
 
 needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
 
 
-def brute_force_tiles(x, g, tile):
-    """Per tile, whether its receptive field (clipped to the image) holds a non-zero value."""
+def brute_force(x, g, tile):
+    """Per tile and per output row, whether its receptive field (clipped to the image) holds a
+    non-zero value."""
     n_i, n_j = -(-g.out_height // tile[0]), -(-g.out_width // tile[1])
     nonzero = x.ne(0).any(1)
     result = torch.zeros(x.shape[0], n_i, n_j, dtype=torch.bool)
@@ -28,7 +29,11 @@ def brute_force_tiles(x, g, tile):
             left = j * tile[1] * g.stride[1] - g.pad_left
             cols = slice(max(left, 0), max(left + (tile[1] - 1) * g.stride[1] + g.window[1], 0))
             result[:, i, j] = nonzero[:, rows, cols].flatten(1).any(1)
-    return result
+    rows = torch.zeros(x.shape[0], g.out_height, dtype=torch.bool)
+    for r in range(g.out_height):
+        top = r * g.stride[0] - g.pad_top
+        rows[:, r] = nonzero[:, max(top, 0) : max(top + g.window[0], 0)].flatten(1).any(1)
+    return result, rows
 
 
 def sparse_input(shape, density, dtype, layout, seed):
@@ -67,12 +72,14 @@ def test_native_scan_is_exact(
     if min(height, width) + 2 * padding < dilation * (kernel - 1) + 1:
         return  # no output: nothing to scan
     g = check_conv_args(x, weight, None, stride, padding, dilation, 1)
-    expected = brute_force_tiles(x, g, tile)
-    assert torch.equal(_native.scan_tiles(x, g, tile), expected)
-    # The torch check rounds windows out to cells: never fewer tiles.
+    tiles, rows = brute_force(x, g, tile)
+    scanned = _native.scan(x, g, tile)
+    assert torch.equal(scanned[0], tiles) and torch.equal(scanned[1], rows)
+    # The torch check rounds tile windows out to cells: never fewer tiles, the same rows.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_tiles, "scan_tiles", lambda *args: None)
-        assert (active_tiles(x, g, tile) >= expected).all()
+        patch.setattr(_tiles, "scan", lambda *args: None)
+        checked = scan_activity(x, g, tile)
+        assert (checked[0] >= tiles).all() and torch.equal(checked[1], rows)
 
 
 @needs_native
@@ -81,27 +88,29 @@ def test_native_scan_special_values(value):
     x = torch.zeros(1, 2, 32, 32)
     x[0, 1, 20, 5] = value
     g = check_conv_args(x, torch.zeros(1, 2, 3, 3), None, 1, 1, 1, 1)
-    assert torch.equal(_native.scan_tiles(x, g, (8, 8)), brute_force_tiles(x, g, (8, 8)))
-    assert _native.scan_tiles(x, g, (8, 8)).sum() == 1
+    tiles, rows = _native.scan(x, g, (8, 8))
+    assert torch.equal(tiles, brute_force(x, g, (8, 8))[0]) and torch.equal(rows, brute_force(x, g, (8, 8))[1])
+    assert tiles.sum() == 1 and rows.sum() == 3
 
 
 @needs_native
 def test_negative_zero_is_inactive():
     x = torch.full((1, 3, 16, 16), -0.0)
     g = check_conv_args(x, torch.zeros(1, 3, 3, 3), None, 1, 1, 1, 1)
-    assert not _native.scan_tiles(x, g, (4, 4)).any()
+    tiles, rows = _native.scan(x, g, (4, 4))
+    assert not tiles.any() and not rows.any()
 
 
 def test_scan_declines_what_it_cannot_read():
     g = check_conv_args(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 3, 3), None, 1, 0, 1, 1)
-    assert _native.scan_tiles(torch.zeros(1, 1, 8, 8, dtype=torch.complex64), g, (2, 2)) is None
-    assert _native.scan_tiles(torch.zeros(0, 1, 8, 8), g, (2, 2)) is None
+    assert _native.scan(torch.zeros(1, 1, 8, 8, dtype=torch.complex64), g, (2, 2)) is None
+    assert _native.scan(torch.zeros(0, 1, 8, 8), g, (2, 2)) is None
 
 
-@pytest.mark.parametrize("mode", ["auto", "tiles"])
+@pytest.mark.parametrize("mode", ["auto", "tiles", "rows"])
 def test_torch_check_fallback_is_exact(monkeypatch, mode):
     """Without the native library (no compiler, ZEROSKIP_NATIVE=0) the torch check serves."""
-    monkeypatch.setattr(_tiles, "scan_tiles", lambda *args: None)
+    monkeypatch.setattr(_tiles, "scan", lambda *args: None)
     x = sparse_input((3, 4, 45, 61), 0.02, torch.float32, "contiguous", 0)
     weight = torch.randn(8, 4, 3, 3)
     bias = torch.randn(8)

@@ -59,10 +59,10 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(partial):
                 os.unlink(partial)
     library = ctypes.CDLL(str(target))
-    function = library.zeroskip_scan_tiles
+    function = library.zeroskip_scan
     function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_int] + [ctypes.c_int64] * 10 + [
-        ctypes.c_void_p, ctypes.c_int,
+    function.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_int] + [ctypes.c_int64] * 11 + [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
     ]
     return library
 
@@ -90,15 +90,17 @@ def unavailable_reason() -> str | None:
     return _failure
 
 
-def scan_tiles(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> torch.Tensor | None:
-    """Which output tiles have a non-zero value in their receptive field, by the native scan.
+def scan(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Which output tiles and which output rows have a non-zero value in their receptive field.
 
     Args:
         x: input ``(B, C, H, W)``; CPU, floating point, any strides.
+        tile: output tile ``(th, tw)``.
 
     Returns:
-        Bool tensor ``(B, ceil(H_out / th), ceil(W_out / tw))``, or ``None`` where the native scan
-        does not apply (no library, another device or dtype): the caller then checks with torch.
+        Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``, or ``None``
+        where the native scan does not apply (no library, another device or dtype): the caller
+        then checks with torch.
     """
     size = _ELEMENT_SIZES.get(x.dtype)
     if size is None or x.device.type != "cpu" or x.numel() == 0:
@@ -108,13 +110,14 @@ def scan_tiles(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> torch.Ten
         return None
     g = geometry
     tiles_i, tiles_j = -(-g.out_height // tile[0]), -(-g.out_width // tile[1])
-    out = torch.empty((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
+    tiles = torch.empty((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
+    rows = torch.empty((x.shape[0], g.out_height), dtype=torch.bool)
     threads = torch.get_num_threads() if x.numel() * size >= _PARALLEL_MIN_BYTES else 1
-    failed = native.zeroskip_scan_tiles(
+    failed = native.zeroskip_scan(
         # data_ptr() already points at the storage offset of a view.
         x.data_ptr(), *x.shape, *x.stride(), size,
-        tiles_i, tile[0], g.stride[0], g.pad_top, g.window[0],
+        tiles_i, tile[0], g.stride[0], g.pad_top, g.window[0], g.out_height,
         tiles_j, tile[1], g.stride[1], g.pad_left, g.window[1],
-        out.data_ptr(), threads,
+        tiles.data_ptr(), rows.data_ptr(), threads,
     )
-    return None if failed else out
+    return None if failed else (tiles, rows)

@@ -19,52 +19,71 @@ typedef struct {
     int64_t stride_b, stride_c, stride_h, stride_w; /* in elements */
     int element_size;
     int64_t lanes; /* channels when a row's pixels are contiguous and interleaved (channels_last), else 1 */
-    int64_t tiles_i, tile_h, step_h, pad_top, window_h;
+    int64_t tiles_i, tile_h, step_h, pad_top, window_h, out_height;
     int64_t tiles_j, tile_w, step_w, pad_left, window_w;
-    uint8_t *out; /* (batch, tiles_i, tiles_j) */
+    uint8_t *tiles; /* (batch, tiles_i, tiles_j) */
+    uint8_t *rows;  /* (batch, out_height), or NULL */
     int64_t first_item, last_item; /* work items (image, tile row) of one thread */
     int failed;
 } scan_job;
 
 static int64_t clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-/* OR of the raw bits of one input row over its channels into acc[0 .. width), and the tile flags
- * of a tile row from acc (masked to "is non-zero"); returns whether all its tiles are active. */
-#define SCAN_FUNCTIONS(TYPE, MASK)                                                             \
-    static void or_row_##TYPE(const scan_job *job, const char *row, void *accumulator) {     \
-        const TYPE *base = (const TYPE *)row;                                                  \
-        TYPE *acc = (TYPE *)accumulator;                                                       \
-        int64_t c, w;                                                                          \
-        if (job->lanes > 1) { /* channels_last: the row is one contiguous run of width x channels */ \
-            for (w = 0; w < job->width * job->lanes; w++) acc[w] |= base[w];                   \
-        } else if (job->stride_w == 1) {                                                       \
-            for (c = 0; c < job->channels; c++) {                                              \
-                const TYPE *p = base + c * job->stride_c;                                      \
-                for (w = 0; w < job->width; w++) acc[w] |= p[w];                               \
-            }                                                                                  \
-        } else {                                                                               \
-            for (w = 0; w < job->width; w++) {                                                 \
-                const TYPE *p = base + w * job->stride_w;                                      \
-                TYPE bits = 0;                                                                 \
-                for (c = 0; c < job->channels; c++) bits |= p[c * job->stride_c];               \
-                acc[w] |= bits;                                                                \
-            }                                                                                  \
-        }                                                                                      \
-    }                                                                                          \
-    static int tile_flags_##TYPE(const scan_job *job, const void *accumulator, uint8_t *out) { \
-        const TYPE *acc = (const TYPE *)accumulator;                                           \
-        int all = 1;                                                                           \
-        for (int64_t j = 0; j < job->tiles_j; j++) {                                           \
-            if (out[j]) continue;                                                              \
-            int64_t first = j * job->tile_w * job->step_w - job->pad_left;                     \
-            int64_t start = clamp(first, 0, job->width);                                       \
-            int64_t end = clamp(first + (job->tile_w - 1) * job->step_w + job->window_w, 0, job->width); \
-            TYPE bits = 0;                                                                     \
-            for (int64_t w = start * job->lanes; w < end * job->lanes; w++) bits |= acc[w];                              \
-            out[j] = (bits & (TYPE)MASK) != 0;                                                 \
-            all &= out[j];                                                                     \
-        }                                                                                      \
-        return all;                                                                            \
+/* or_row: OR of the raw bits of one input row over its channels into acc[0 .. width x lanes);
+ * returns whether the row holds a non-zero value.
+ * row_any: the same answer alone, stopping at the first non-zero value.
+ * tile_flags: the flags of a tile row's tiles from acc; returns whether all are active.
+ * Bits are masked to "is non-zero" (sign bit cleared) only after OR-ing, which gives the same. */
+#define SCAN_FUNCTIONS(TYPE, MASK)                                                                      \
+    static int or_row_##TYPE(const scan_job *job, const char *row, void *accumulator) {               \
+        const TYPE *base = (const TYPE *)row;                                                           \
+        TYPE *acc = (TYPE *)accumulator, any = 0;                                                       \
+        int64_t c, w;                                                                                   \
+        if (job->lanes > 1) {                                                                           \
+            for (w = 0; w < job->width * job->lanes; w++) {                                             \
+                acc[w] |= base[w];                                                                      \
+                any |= base[w];                                                                         \
+            }                                                                                           \
+        } else if (job->stride_w == 1) {                                                                \
+            for (c = 0; c < job->channels; c++) {                                                       \
+                const TYPE *p = base + c * job->stride_c;                                               \
+                for (w = 0; w < job->width; w++) {                                                      \
+                    acc[w] |= p[w];                                                                     \
+                    any |= p[w];                                                                        \
+                }                                                                                       \
+            }                                                                                           \
+        } else {                                                                                        \
+            for (w = 0; w < job->width; w++) {                                                          \
+                const TYPE *p = base + w * job->stride_w;                                               \
+                TYPE bits = 0;                                                                          \
+                for (c = 0; c < job->channels; c++) bits |= p[c * job->stride_c];                        \
+                acc[w] |= bits;                                                                         \
+                any |= bits;                                                                            \
+            }                                                                                           \
+        }                                                                                               \
+        return (any & (TYPE)MASK) != 0;                                                                 \
+    }                                                                                                   \
+    static int row_any_##TYPE(const scan_job *job, const char *row) {                                  \
+        const TYPE *base = (const TYPE *)row;                                                           \
+        for (int64_t c = 0; c < job->channels; c++)                                                     \
+            for (int64_t w = 0; w < job->width; w++)                                                    \
+                if (base[c * job->stride_c + w * job->stride_w] & (TYPE)MASK) return 1;                 \
+        return 0;                                                                                       \
+    }                                                                                                   \
+    static int tile_flags_##TYPE(const scan_job *job, const void *accumulator, uint8_t *out) {          \
+        const TYPE *acc = (const TYPE *)accumulator;                                                    \
+        int all = 1;                                                                                    \
+        for (int64_t j = 0; j < job->tiles_j; j++) {                                                    \
+            if (out[j]) continue;                                                                       \
+            int64_t first = j * job->tile_w * job->step_w - job->pad_left;                              \
+            int64_t start = clamp(first, 0, job->width) * job->lanes;                                   \
+            int64_t end = clamp(first + (job->tile_w - 1) * job->step_w + job->window_w, 0, job->width) * job->lanes; \
+            TYPE bits = 0;                                                                              \
+            for (int64_t w = start; w < end; w++) bits |= acc[w];                                       \
+            out[j] = (bits & (TYPE)MASK) != 0;                                                          \
+            all &= out[j];                                                                              \
+        }                                                                                               \
+        return all;                                                                                     \
     }
 SCAN_FUNCTIONS(uint16_t, 0x7fffu)
 SCAN_FUNCTIONS(uint32_t, 0x7fffffffu)
@@ -72,52 +91,82 @@ SCAN_FUNCTIONS(uint64_t, 0x7fffffffffffffffull)
 
 static void *scan_items(void *arg) {
     scan_job *job = (scan_job *)arg;
-    void (*or_row)(const scan_job *, const char *, void *) =
-        job->element_size == 2 ? or_row_uint16_t : job->element_size == 4 ? or_row_uint32_t : or_row_uint64_t;
-    int (*flags)(const scan_job *, const void *, uint8_t *) =
-        job->element_size == 2 ? tile_flags_uint16_t : job->element_size == 4 ? tile_flags_uint32_t : tile_flags_uint64_t;
-    void *acc = malloc((size_t)(job->width * job->lanes + 1) * job->element_size);
-    if (!acc) {
+    int size = job->element_size;
+    int (*or_row)(const scan_job *, const char *, void *) =
+        size == 2 ? or_row_uint16_t : size == 4 ? or_row_uint32_t : or_row_uint64_t;
+    int (*row_any)(const scan_job *, const char *) =
+        size == 2 ? row_any_uint16_t : size == 4 ? row_any_uint32_t : row_any_uint64_t;
+    int (*tile_flags)(const scan_job *, const void *, uint8_t *) =
+        size == 2 ? tile_flags_uint16_t : size == 4 ? tile_flags_uint32_t : tile_flags_uint64_t;
+    int64_t footprint = (job->tile_h - 1) * job->step_h + job->window_h;
+    void *acc = malloc((size_t)(job->width * job->lanes + 1) * size);
+    uint8_t *row_flags = malloc((size_t)footprint + 1);
+    if (!acc || !row_flags) {
         job->failed = 1;
+        free(acc);
+        free(row_flags);
         return NULL;
     }
     for (int64_t item = job->first_item; item < job->last_item; item++) {
         int64_t b = item / job->tiles_i, i = item % job->tiles_i;
-        uint8_t *out = job->out + item * job->tiles_j;
+        uint8_t *tiles = job->tiles + item * job->tiles_j;
         int64_t first = i * job->tile_h * job->step_h - job->pad_top;
         int64_t start = clamp(first, 0, job->height);
-        int64_t end = clamp(first + (job->tile_h - 1) * job->step_h + job->window_h, 0, job->height);
-        memset(out, 0, (size_t)job->tiles_j);
-        memset(acc, 0, (size_t)(job->width * job->lanes) * job->element_size);
+        int64_t end = clamp(first + footprint, 0, job->height);
+        int all = 0;
+        memset(tiles, 0, (size_t)job->tiles_j);
+        memset(acc, 0, (size_t)(job->width * job->lanes) * size);
         for (int64_t h = start; h < end; h++) {
-            or_row(job, job->data + (b * job->stride_b + h * job->stride_h) * job->element_size, acc);
-            /* Every few rows, stop reading once the whole tile row is known to be active. */
-            if (((h - start) & 3) == 3 && flags(job, acc, out)) break;
+            const char *row = job->data + (b * job->stride_b + h * job->stride_h) * size;
+            if (!all) {
+                row_flags[h - start] = or_row(job, row, acc);
+                /* Every few rows, see whether the whole tile row is known to be active: then only
+                 * the row flags are left to find, each stopping at its first non-zero value. */
+                if (((h - start) & 3) == 3) all = tile_flags(job, acc, tiles);
+            } else if (job->rows) {
+                row_flags[h - start] = row_any(job, row);
+            } else {
+                break;
+            }
         }
-        flags(job, acc, out);
+        if (!all) tile_flags(job, acc, tiles);
+        if (!job->rows) continue;
+        /* The output rows of this tile row: active if any input row under the kernel is. */
+        int64_t last_row = (i + 1) * job->tile_h < job->out_height ? (i + 1) * job->tile_h : job->out_height;
+        for (int64_t r = i * job->tile_h; r < last_row; r++) {
+            int64_t top = r * job->step_h - job->pad_top;
+            int64_t from = clamp(top, 0, job->height), to = clamp(top + job->window_h, 0, job->height);
+            uint8_t any = 0;
+            for (int64_t h = from; h < to; h++) any |= row_flags[h - start];
+            job->rows[b * job->out_height + r] = any;
+        }
     }
     free(acc);
+    free(row_flags);
     return NULL;
 }
 
-/* Returns 0 on success. Strides are in elements; threads >= 1. */
-int zeroskip_scan_tiles(const void *data, int64_t batch, int64_t channels, int64_t height, int64_t width,
-                        int64_t stride_b, int64_t stride_c, int64_t stride_h, int64_t stride_w, int element_size,
-                        int64_t tiles_i, int64_t tile_h, int64_t step_h, int64_t pad_top, int64_t window_h,
-                        int64_t tiles_j, int64_t tile_w, int64_t step_w, int64_t pad_left, int64_t window_w,
-                        uint8_t *out, int threads) {
+/* Which output tiles (and, if `rows` is not NULL, which output rows) have a non-zero input value
+ * under their receptive field. Strides are in elements. Returns 0 on success. */
+int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t height, int64_t width,
+                  int64_t stride_b, int64_t stride_c, int64_t stride_h, int64_t stride_w, int element_size,
+                  int64_t tiles_i, int64_t tile_h, int64_t step_h, int64_t pad_top, int64_t window_h,
+                  int64_t out_height, int64_t tiles_j, int64_t tile_w, int64_t step_w, int64_t pad_left,
+                  int64_t window_w, uint8_t *tiles, uint8_t *rows, int threads) {
     if (element_size != 2 && element_size != 4 && element_size != 8) return 1;
     int64_t items = batch * tiles_i;
-    if (threads < 1) threads = 1;
-    if (threads > items) threads = items > 0 ? (int)items : 1;
+    if (threads > items) threads = (int)items;
     if (threads > 64) threads = 64;
+    if (threads < 1) threads = 1;
     scan_job jobs[64];
     pthread_t workers[64];
     int started[64] = {0};
     for (int t = 0; t < threads; t++) {
         scan_job job = {(const char *)data, batch, channels, height, width, stride_b, stride_c, stride_h, stride_w,
-                        element_size, stride_c == 1 && stride_w == channels ? channels : 1, tiles_i, tile_h, step_h, pad_top, window_h, tiles_j, tile_w, step_w,
-                        pad_left, window_w, out, items * t / threads, items * (t + 1) / threads, 0};
+                        element_size, stride_c == 1 && stride_w == channels ? channels : 1,
+                        tiles_i, tile_h, step_h, pad_top, window_h, out_height,
+                        tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows,
+                        items * t / threads, items * (t + 1) / threads, 0};
         jobs[t] = job;
     }
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&workers[t], NULL, scan_items, &jobs[t]) == 0;
@@ -125,7 +174,7 @@ int zeroskip_scan_tiles(const void *data, int64_t batch, int64_t channels, int64
     int failed = jobs[0].failed;
     for (int t = 1; t < threads; t++) {
         if (started[t]) pthread_join(workers[t], NULL);
-        else scan_items(&jobs[t]); /* no thread to spare: do its share here */
+        else scan_items(&jobs[t]); /* no thread to spare: its share runs here */
         failed |= jobs[t].failed;
     }
     return failed;

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ._activity import cell_activity, window_any
 from ._geometry import ConvGeometry, Pair
-from ._native import scan_tiles
+from ._native import scan
+from ._rows import active_rows
 
 
 def default_tile_size(geometry: ConvGeometry) -> Pair:
@@ -49,20 +50,21 @@ def _tile_windows(count: int, tile: int, stride: int, window: int, pad: int, siz
     return starts, ends
 
 
-def active_tiles(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> torch.Tensor:
-    """Which output tiles have a non-zero value in their receptive field.
+def scan_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which output tiles and which output rows have a non-zero value in their receptive field.
 
     The native scan (:mod:`zeroskip._native`) answers exactly where it is built; the torch check
-    rounds each receptive field out to whole activity cells, so it may find a few more.
+    rounds each tile's receptive field out to whole activity cells, so it may find a few more.
 
     Args:
         x: input ``(B, C, H, W)`` (unpadded: the zero padding is never active).
+        tile: output tile ``(th, tw)``.
 
     Returns:
-        Bool tensor ``(B, ceil(H_out / th), ceil(W_out / tw))``.
+        Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``.
     """
-    with torch.profiler.record_function("zeroskip::scan_tiles"):
-        scanned = scan_tiles(x, geometry, tile)
+    with torch.profiler.record_function("zeroskip::scan"):
+        scanned = scan(x, geometry, tile)
     if scanned is not None:
         return scanned
     g = geometry
@@ -72,7 +74,7 @@ def active_tiles(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> torch.T
     n_j = -(-g.out_width // tile[1])
     rs, re = _tile_windows(n_i, tile[0], g.stride[0], g.window[0], g.pad_top, g.height, cell[0], cells.device)
     cs, ce = _tile_windows(n_j, tile[1], g.stride[1], g.window[1], g.pad_left, g.width, cell[1], cells.device)
-    return window_any(window_any(cells, 1, rs, re), 2, cs, ce)
+    return window_any(window_any(cells, 1, rs, re), 2, cs, ce), active_rows(x, g)
 
 
 def output_tiles(activity: torch.Tensor, tile: Pair) -> torch.Tensor:

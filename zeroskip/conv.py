@@ -15,8 +15,8 @@ from ._activity import sampled_density
 from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
-from ._rows import active_rows, row_bands, run_rows
-from ._tiles import active_tiles, default_tile_size, output_tiles, run_tiles
+from ._rows import row_bands, run_rows
+from ._tiles import default_tile_size, output_tiles, run_tiles, scan_activity
 from .network import carry_conv
 
 MODES = ("auto", "dense", "rows", "tiles")
@@ -105,16 +105,13 @@ def _new_output(
     return out
 
 
-def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> tuple[list[float], list[float]]:
-    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted),
-    and inside tile rows holding an active tile (an upper bound of the row path's work)."""
+def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> list[float]:
+    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
     heights = torch.full((active.shape[1],), tile[0], dtype=torch.float32, device=active.device)
     widths = torch.full((active.shape[2],), tile[1], dtype=torch.float32, device=active.device)
     heights[-1] = g.out_height - tile[0] * (active.shape[1] - 1)
     widths[-1] = g.out_width - tile[1] * (active.shape[2] - 1)
-    tiles = (active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)
-    rows = (active.any(2).float() * heights).sum(1) / g.out_height
-    return tiles.tolist(), rows.tolist()
+    return ((active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)).tolist()
 
 
 # Images per chunk of the activity check: its intermediate results stay small whatever the batch.
@@ -164,53 +161,48 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
     tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
     chosen: list[str] = []
     fractions: list[float] = []
-    tile_maps: list[tuple[int, torch.Tensor]] = []
-    if mode == "rows":
-        rows = active_rows(x, g) if activity is None else activity.any(2)
-        for fraction in rows.float().mean(1).tolist():
-            path, fraction = _choose(mode, costs, 1.0, fraction)
+    maps: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+    for start in range(0, g.batch, per_chunk):
+        if activity is None:
+            active, rows = scan_activity(x[start : start + per_chunk], g, tile)
+        else:
+            chunk_activity = activity[start : start + per_chunk]
+            active, rows = output_tiles(chunk_activity, tile), chunk_activity.any(2)
+        for tile_fraction, row_fraction in zip(_tile_fractions(active, g, tile), rows.float().mean(1).tolist()):
+            path, fraction = _choose(mode, costs, tile_fraction, row_fraction)
             chosen.append(path)
             fractions.append(fraction)
-    else:
-        per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-        for start in range(0, g.batch, per_chunk):
-            if activity is None:
-                active = active_tiles(x[start : start + per_chunk], g, tile)
-            else:
-                active = output_tiles(activity[start : start + per_chunk], tile)
-            for tile_fraction, row_fraction in zip(*_tile_fractions(active, g, tile)):
-                path, fraction = _choose(mode, costs, tile_fraction, row_fraction)
-                chosen.append(path)
-                fractions.append(fraction)
-            tile_maps.append((start, active))
+        maps.append((start, active, rows))
     if all(path == "dense" for path in chosen):
         # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
 
     out = _new_output(x, weight, bias, g, fill)
     tiles_run = 0
-    for start, active in tile_maps:
-        local = [k for k in range(active.shape[0]) if chosen[start + k] == "tiles"]
-        if not local:
-            continue
-        chunk = x[start : start + active.shape[0]]
-        if len(local) < chunk.shape[0]:
-            chunk, active = chunk[local], active[local]
-        tiles_run += int(active.sum())
-        run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
+    row_images: list[int] = []
+    row_maps: list[torch.Tensor] = []
+    for start, active, rows in maps:
+        paths = chosen[start : start + active.shape[0]]
+        local = [k for k, path in enumerate(paths) if path == "tiles"]
+        if local:
+            chunk = x[start : start + active.shape[0]]
+            if len(local) < chunk.shape[0]:
+                chunk, active = chunk[local], active[local]
+            tiles_run += int(active.sum())
+            run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
+        local = [k for k, path in enumerate(paths) if path == "rows"]
+        if local:
+            row_images += [start + k for k in local]
+            row_maps.append(rows[local] if len(local) < rows.shape[0] else rows)
 
     detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
     dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
     if dense_images:
         index = torch.tensor(dense_images, device=x.device)
         out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
-    row_images = [b for b, path in enumerate(chosen) if path == "rows"]
     if row_images:
-        if mode == "rows":
-            rows_map = rows[row_images]
-        else:
-            rows_map = active_rows(x[row_images], g) if activity is None else activity[row_images].any(2)
-        bands = row_bands(rows_map)
+        bands = row_bands(torch.cat(row_maps) if len(row_maps) > 1 else row_maps[0])
         run_rows(x, weight, bias, out, g, bands, row_images, _budget(out))
         detail.append(f"bands={sum(len(b) for b in bands)}")
     ran = "+".join(sorted(set(chosen)))
