@@ -134,3 +134,26 @@ def test_build_failure_falls_back(monkeypatch, tmp_path):
     assert _native.library() is None
     assert "unavailable" in _native.unavailable_reason()
     assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_native
+def test_sampled_scan_ends_dense_images_early():
+    weight = torch.randn(16, 3, 3, 3)
+    dense = torch.randn(2, 3, 256, 256)
+    sparse = torch.zeros(2, 3, 256, 256)
+    sparse[:, :, 100:120, 30:60] = 1.0
+    with zeroskip.profile() as calls:
+        torch.testing.assert_close(zeroskip.conv2d(dense, weight, padding=1), F.conv2d(dense, weight, padding=1))
+        torch.testing.assert_close(zeroskip.conv2d(sparse, weight, padding=1), F.conv2d(sparse, weight, padding=1))
+    assert calls.records[0].chosen == "dense" and calls.records[0].detail.startswith("sampled activity")
+    assert calls.records[1].chosen in ("tiles", "rows")
+
+
+@needs_native
+def test_sample_reads_every_fourth_row_of_tiles():
+    x = torch.zeros(1, 1, 64, 8)
+    x[0, 0, 8:16] = 1.0  # only the second row of 8-row tiles is active: the sample misses it
+    g = check_conv_args(x, torch.zeros(1, 1, 1, 1), None, 1, 0, 1, 1)
+    assert _tiles.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
+    x[0, 0, 32:40] = 1.0  # the fifth row is sampled: one of two sampled rows of tiles
+    assert _tiles.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]

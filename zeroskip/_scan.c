@@ -23,7 +23,8 @@ typedef struct {
     int64_t tiles_j, tile_w, step_w, pad_left, window_w;
     uint8_t *tiles; /* (batch, tiles_i, tiles_j) */
     uint8_t *rows;  /* (batch, out_height), or NULL */
-    int64_t first_item, last_item; /* work items (image, tile row) of one thread */
+    int64_t row_step;  /* scan every row_step-th tile row only (1: all) */
+    int64_t first_item, last_item; /* work items (image, scanned tile row) of one thread */
     int failed;
 } scan_job;
 
@@ -107,9 +108,10 @@ static void *scan_items(void *arg) {
         free(row_flags);
         return NULL;
     }
+    int64_t scanned_rows = (job->tiles_i + job->row_step - 1) / job->row_step;
     for (int64_t item = job->first_item; item < job->last_item; item++) {
-        int64_t b = item / job->tiles_i, i = item % job->tiles_i;
-        uint8_t *tiles = job->tiles + item * job->tiles_j;
+        int64_t b = item / scanned_rows, i = item % scanned_rows * job->row_step;
+        uint8_t *tiles = job->tiles + (b * job->tiles_i + i) * job->tiles_j;
         int64_t first = i * job->tile_h * job->step_h - job->pad_top;
         int64_t start = clamp(first, 0, job->height);
         int64_t end = clamp(first + footprint, 0, job->height);
@@ -147,14 +149,16 @@ static void *scan_items(void *arg) {
 }
 
 /* Which output tiles (and, if `rows` is not NULL, which output rows) have a non-zero input value
- * under their receptive field. Strides are in elements. Returns 0 on success. */
+ * under their receptive field. With row_step > 1 only every row_step-th tile row is scanned (a
+ * sample); the flags of the others are left as they are. Strides are in elements. Returns 0 on
+ * success. */
 int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t height, int64_t width,
                   int64_t stride_b, int64_t stride_c, int64_t stride_h, int64_t stride_w, int element_size,
                   int64_t tiles_i, int64_t tile_h, int64_t step_h, int64_t pad_top, int64_t window_h,
                   int64_t out_height, int64_t tiles_j, int64_t tile_w, int64_t step_w, int64_t pad_left,
-                  int64_t window_w, uint8_t *tiles, uint8_t *rows, int threads) {
-    if (element_size != 2 && element_size != 4 && element_size != 8) return 1;
-    int64_t items = batch * tiles_i;
+                  int64_t window_w, uint8_t *tiles, uint8_t *rows, int64_t row_step, int threads) {
+    if ((element_size != 2 && element_size != 4 && element_size != 8) || row_step < 1) return 1;
+    int64_t items = batch * ((tiles_i + row_step - 1) / row_step);
     if (threads > items) threads = (int)items;
     if (threads > 64) threads = 64;
     if (threads < 1) threads = 1;
@@ -165,7 +169,7 @@ int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t hei
         scan_job job = {(const char *)data, batch, channels, height, width, stride_b, stride_c, stride_h, stride_w,
                         element_size, stride_c == 1 && stride_w == channels ? channels : 1,
                         tiles_i, tile_h, step_h, pad_top, window_h, out_height,
-                        tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows,
+                        tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, row_step,
                         items * t / threads, items * (t + 1) / threads, 0};
         jobs[t] = job;
     }

@@ -16,13 +16,16 @@ from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import row_bands, run_rows
-from ._tiles import default_tile_size, output_tiles, run_tiles, scan_activity
+from ._tiles import default_tile_size, output_tiles, run_tiles, sample_activity, scan_activity
 from .network import carry_conv
 
 MODES = ("auto", "dense", "rows", "tiles")
 
-# Above this sampled pixel density an image is treated as dense without a full activity check.
+# Without the native scan: above this sampled pixel density an image is treated as dense
+# without a full activity check.
 _DENSE_SAMPLE_DENSITY = 0.5
+# With it, a sampled activity estimate must show dense wins even when lowered by this much.
+_SAMPLE_MARGIN = 0.1
 
 
 def _check_mode(mode: object) -> str:
@@ -135,6 +138,19 @@ def _choose(mode: str, costs: ImageCosts, tile_fraction: float, row_fraction: fl
     return choose(costs, tile_fraction, row_fraction)
 
 
+def _sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts) -> str:
+    """Why a sample of the input already shows that no image can beat dense, or ``""``."""
+    estimates = sample_activity(x, g, tile)
+    if estimates is None:
+        density = sampled_density(x)
+        return f"sampled density {density.min().item():.2f}" if bool((density > _DENSE_SAMPLE_DENSITY).all()) else ""
+    # The sample can miss activity, and a wrong dense exit costs speed-up: lower it first.
+    lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in estimates]
+    if all(choose(costs, t, r)[0] == "dense" for t, r in lowered):
+        return f"sampled activity {min(t for t, _ in estimates):.2f}"
+    return ""
+
+
 def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, activity=None, fill=None):
     """Returns the output, what ran, the active fraction and the plan detail.
 
@@ -150,15 +166,13 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
     if not reason and not parameters_finite(weight, bias):
         # 0 * inf is NaN in the dense result, so no output can be skipped.
         reason = "non-finite weights"
+    tile = tile_size if tile_size is not None else default_tile_size(g)
+    tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
     if not reason and mode == "auto" and activity is None:
-        density = sampled_density(x)
-        if bool((density > _DENSE_SAMPLE_DENSITY).all()):
-            reason = f"sampled density {density.min().item():.2f}"
+        reason = _sampled_reason(x, g, tile, costs)
     if reason:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
 
-    tile = tile_size if tile_size is not None else default_tile_size(g)
-    tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
     chosen: list[str] = []
     fractions: list[float] = []
     maps: list[tuple[int, torch.Tensor, torch.Tensor]] = []
