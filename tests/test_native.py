@@ -138,13 +138,13 @@ def test_build_failure_falls_back(monkeypatch, tmp_path):
 
 @needs_native
 def test_sampled_scan_ends_dense_images_early():
-    weight = torch.randn(16, 3, 3, 3)
+    weight = torch.randn(64, 3, 7, 7)  # the original's layer
     dense = torch.randn(2, 3, 256, 256)
     sparse = torch.zeros(2, 3, 256, 256)
     sparse[:, :, 100:120, 30:60] = 1.0
     with zeroskip.profile() as calls:
-        torch.testing.assert_close(zeroskip.conv2d(dense, weight, padding=1), F.conv2d(dense, weight, padding=1))
-        torch.testing.assert_close(zeroskip.conv2d(sparse, weight, padding=1), F.conv2d(sparse, weight, padding=1))
+        for x in (dense, sparse):
+            torch.testing.assert_close(zeroskip.conv2d(x, weight, None, 2, 3), F.conv2d(x, weight, None, 2, 3))
     assert calls.records[0].chosen == "dense" and calls.records[0].detail.startswith("sampled activity")
     assert calls.records[1].chosen in ("tiles", "rows")
 
