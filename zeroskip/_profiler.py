@@ -22,7 +22,7 @@ class CallRecord:
             ``"+"``-joined mix when images of one batch took different paths.
         active_fraction: fraction of the output that was computed (1.0 for dense).
         time_ms: wall time of the call in milliseconds.
-        detail: the plan: reason for dense, tile size and tile count, or row bands.
+        detail: the plan: reason for dense, tile size and tile count, or row boxes.
     """
 
     name: str | None

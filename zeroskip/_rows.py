@@ -1,5 +1,6 @@
 """Row granularity (the original system's): compute only the output rows whose receptive field
-holds a non-zero input value, one convolution per band of consecutive active rows."""
+holds a non-zero input value, one convolution per band of consecutive active rows, each band
+cropped to the columns that hold its active outputs (a box)."""
 
 from __future__ import annotations
 
@@ -42,33 +43,66 @@ def row_bands(active: torch.Tensor) -> list[list[tuple[int, int]]]:
     return bands_per_image
 
 
+Box = tuple[int, int, int, int]  # output rows [o0, o1) x columns [c0, c1)
+
+
+def row_boxes(rows: torch.Tensor, columns: torch.Tensor, block: tuple[int, int], width: int) -> list[list[Box]]:
+    """Per image, the bands of active output rows, each cropped to its active columns.
+
+    Args:
+        rows: bool ``(B, H_out)``, the active output rows.
+        columns: bool ``(B, R, J)``: whether block ``(r, j)`` of ``block = (bh, bw)`` output pixels
+            holds an active output (an output activity map with ``block = (1, 1)``, or a tile map).
+        width: ``W_out``.
+
+    Returns:
+        Per image, ``(o0, o1, c0, c1)`` boxes covering every active output.
+    """
+    boxes = []
+    for image, bands in zip(columns, row_bands(rows)):
+        image_boxes = []
+        for o0, o1 in bands:
+            active = image[o0 // block[0] : (o1 - 1) // block[0] + 1].any(0).nonzero().flatten().tolist()
+            if active:
+                image_boxes.append((o0, o1, active[0] * block[1], min((active[-1] + 1) * block[1], width)))
+        boxes.append(image_boxes)
+    return boxes
+
+
+def box_fraction(boxes: list[Box], geometry: ConvGeometry) -> float:
+    """The fraction of an image's output inside its boxes."""
+    return sum((o1 - o0) * (c1 - c0) for o0, o1, c0, c1 in boxes) / (geometry.out_height * geometry.out_width)
+
+
 def run_rows(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     out: torch.Tensor,
     geometry: ConvGeometry,
-    bands: list[list[tuple[int, int]]],
+    boxes: list[list[Box]],
     images: list[int],
     budget: int,
 ) -> None:
-    """Convolve the given row bands of ``images`` and write them into ``out``.
+    """Convolve the given boxes of ``images`` and write them into ``out``.
 
-    Bands are cut so that one convolution's result takes at most ``budget`` bytes (at least a row).
+    Boxes are cut so that one convolution's result takes at most ``budget`` bytes (at least a row).
     """
     g = geometry
-    most = max(1, budget // (g.out_channels * g.out_width * out.element_size()))
-    for b, image_bands in zip(images, bands):
-        pieces = [(start, min(start + most, end)) for first, end in image_bands for start in range(first, end, most)]
-        for o0, o1 in pieces:
-            r0 = o0 * g.stride[0] - g.pad_top
-            r1 = (o1 - 1) * g.stride[0] - g.pad_top + g.window[0]
-            band = x[b : b + 1, :, max(r0, 0) : min(r1, g.height)]
-            top, bottom = max(-r0, 0), max(r1 - g.height, 0)
-            if top or bottom or g.pad_left != g.pad_right:
-                band = F.pad(band, (g.pad_left, g.pad_right, top, bottom))
-                pad_w = 0
-            else:
-                pad_w = g.pad_left
-            result = F.conv2d(band, weight, bias, g.stride, (0, pad_w), g.dilation, g.groups)
-            out[b : b + 1, :, o0:o1] = result
+    for b, image_boxes in zip(images, boxes):
+        for box0, box1, c0, c1 in image_boxes:
+            most = max(1, budget // (g.out_channels * (c1 - c0) * out.element_size()))
+            for o0 in range(box0, box1, most):
+                o1 = min(o0 + most, box1)
+                r0 = o0 * g.stride[0] - g.pad_top
+                r1 = (o1 - 1) * g.stride[0] - g.pad_top + g.window[0]
+                w0 = c0 * g.stride[1] - g.pad_left
+                w1 = (c1 - 1) * g.stride[1] - g.pad_left + g.window[1]
+                band = x[b : b + 1, :, max(r0, 0) : min(r1, g.height), max(w0, 0) : min(w1, g.width)]
+                top, bottom = max(-r0, 0), max(r1 - g.height, 0)
+                left, right = max(-w0, 0), max(w1 - g.width, 0)
+                if top or bottom or left != right:
+                    band = F.pad(band, (left, right, top, bottom))
+                    left = 0
+                result = F.conv2d(band, weight, bias, g.stride, (0, left), g.dilation, g.groups)
+                out[b : b + 1, :, o0:o1, c0:c1] = result

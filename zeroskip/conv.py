@@ -15,7 +15,7 @@ from ._activity import sampled_density
 from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
-from ._rows import row_bands, run_rows
+from ._rows import box_fraction, row_boxes, run_rows
 from ._tiles import default_tile_size, output_tiles, run_tiles, sample_activity, scan_activity
 from .network import carry_conv
 
@@ -175,19 +175,22 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
 
     chosen: list[str] = []
     fractions: list[float] = []
-    maps: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    maps: list[tuple[int, torch.Tensor, list]] = []
     per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
     for start in range(0, g.batch, per_chunk):
         if activity is None:
             active, rows = scan_activity(x[start : start + per_chunk], g, tile)
+            columns, block = active, tile
         else:
-            chunk_activity = activity[start : start + per_chunk]
-            active, rows = output_tiles(chunk_activity, tile), chunk_activity.any(2)
-        for tile_fraction, row_fraction in zip(_tile_fractions(active, g, tile), rows.float().mean(1).tolist()):
-            path, fraction = _choose(mode, costs, tile_fraction, row_fraction)
+            columns, block = activity[start : start + per_chunk], (1, 1)
+            active, rows = output_tiles(columns, tile), columns.any(2)
+        # The row path computes boxes: bands of active rows cropped to their active columns.
+        boxes = row_boxes(rows, columns, block, g.out_width) if mode != "tiles" else [[]] * active.shape[0]
+        for tile_fraction, image_boxes in zip(_tile_fractions(active, g, tile), boxes):
+            path, fraction = _choose(mode, costs, tile_fraction, box_fraction(image_boxes, g))
             chosen.append(path)
             fractions.append(fraction)
-        maps.append((start, active, rows))
+        maps.append((start, active, boxes))
     if all(path == "dense" for path in chosen):
         # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
@@ -195,8 +198,8 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
     out = _new_output(x, weight, bias, g, fill)
     tiles_run = 0
     row_images: list[int] = []
-    row_maps: list[torch.Tensor] = []
-    for start, active, rows in maps:
+    row_boxes_run: list = []
+    for start, active, boxes in maps:
         paths = chosen[start : start + active.shape[0]]
         local = [k for k, path in enumerate(paths) if path == "tiles"]
         if local:
@@ -206,9 +209,8 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
             tiles_run += int(active.sum())
             run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
         local = [k for k, path in enumerate(paths) if path == "rows"]
-        if local:
-            row_images += [start + k for k in local]
-            row_maps.append(rows[local] if len(local) < rows.shape[0] else rows)
+        row_images += [start + k for k in local]
+        row_boxes_run += [boxes[k] for k in local]
 
     detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
     dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
@@ -216,9 +218,8 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
         index = torch.tensor(dense_images, device=x.device)
         out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
     if row_images:
-        bands = row_bands(torch.cat(row_maps) if len(row_maps) > 1 else row_maps[0])
-        run_rows(x, weight, bias, out, g, bands, row_images, _budget(out))
-        detail.append(f"bands={sum(len(b) for b in bands)}")
+        run_rows(x, weight, bias, out, g, row_boxes_run, row_images, _budget(out))
+        detail.append(f"boxes={sum(len(b) for b in row_boxes_run)}")
     ran = "+".join(sorted(set(chosen)))
     return out, ran, sum(fractions) / g.batch, " ".join(detail)
 
