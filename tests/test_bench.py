@@ -6,6 +6,7 @@ No timing is asserted: the machine is shared and the sizes are far too small to 
 from __future__ import annotations
 
 import json
+import platform
 import tempfile
 from pathlib import Path
 
@@ -29,11 +30,12 @@ def _tiny_settings(out: Path, video: Path | None, workloads: tuple[str, ...]) ->
     return bench.Settings.quick_variant(
         out=out, workloads=workloads, video=video, first_frame=10, frames=4, hd_frames=2, batches=(1, 2), threads=1,
         hd_size=(72, 128), sweep_size=(48, 64), densities=(0.0, 0.05, 1.0), repeats=1, min_block_s=0.0,
-        peer=False,
+        network_models=("resnet18",), network_hd_models=("resnet18",), network_frames=2, network_repeats=1, peer=False,
     )
 
 
 def test_run_writes_results_for_every_workload(tiny_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("torchvision")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the masked-frame cache
     out = tmp_path / "results"
     results = bench.run(_tiny_settings(out, tiny_video, tuple(bench.WORKLOADS)))
@@ -53,7 +55,26 @@ def test_run_writes_results_for_every_workload(tiny_video: Path, tmp_path: Path,
     assert {s["step"] for s in steps} <= set(bench.BREAKDOWN_STEPS)
     assert sum(s["share"] for s in steps) == pytest.approx(1.0)
     markdown = (out / "results.md").read_text()
-    assert "## Targets" in markdown and "W1 breakdown" in markdown
+    assert "## Targets" in markdown and "W1 breakdown" in markdown and "## W5: whole networks" in markdown
+    meta = results["metadata"]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert meta["allocator"] == "glibc, mmap/trim thresholds pinned to 1 GiB for timing"
+    assert f"| allocator | {meta['allocator']} |" in markdown
+
+    networks = results["sections"]["W5"]["rows"]
+    assert [r["case"] for r in networks] == ["W5 resnet18 96x64", "W5 resnet18 128x72", "W5 resnet18 96x64 unmasked"]
+    assert [r["input"] for r in networks] == ["masked", "masked", "unmasked"]
+    for row in networks:
+        assert row["exact"], row["mismatch"]
+        assert row["max_error"] < 1e-4 and row["dense_ms"] > 0 and row["zeroskip_ms"] > 0
+        assert list(row["stages"]) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+        assert all(0.0 <= f <= 1.0 for f in [row["active_fraction"], *row["stages"].values()])
+        assert len(row["layers"]) == 20 and row["frames"] == 2
+    assert networks[2]["pixel_density"] == pytest.approx(1.0, abs=0.05)
+    targets = {t["target"]: t for t in results["targets"]}
+    assert targets["W5 resnet18 768x576 masked, batch 1, speed-up >= 1.5x"]["status"] == "NOT RUN"
+    assert "(resnet18; 1 model)" in targets["W5 every model on unmasked (dense) frames at most 3% slower than dense"][
+        "shown"]
 
 
 def test_sweep_alone_needs_no_video(tmp_path: Path):
@@ -69,7 +90,7 @@ def test_sweep_alone_needs_no_video(tmp_path: Path):
     [
         (["--threads", "0"], "`--threads` must be a positive int, got '0'"),
         (["--repeats", "x"], "`--repeats` must be a positive int, got 'x'"),
-        (["--workloads", "W1,W9"], "`--workloads` must be a comma list of W1, W2, W3, W4"),
+        (["--workloads", "W1,W9"], "`--workloads` must be a comma list of W1, W2, W3, W4, W5"),
         (["--workloads", "W1", "--video", "missing.avi"], "`--video` must be an existing file"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--workloads", "W3", "--out", "/proc/version/x"], "`--out` must be a writable directory"),
@@ -143,3 +164,89 @@ def test_busy_machine_is_flagged():
     quiet = {"cpu_affinity": 2, "cpu_count": 2, "load_average_start": (1.5, 1, 1), "load_average_end": (1.9, 1, 1)}
     assert bench._busy_note(quiet) == ""
     assert "busy" in bench._busy_note({**quiet, "load_average_end": (5.2, 4, 3)})
+
+
+def _network_row(model: str, kind: str, size: tuple[int, int], speedup: float) -> dict:
+    return {"case": f"W5 {model}", "model": model, "input": kind, "size": list(size), "speedup": speedup, "exact": True}
+
+
+@pytest.mark.parametrize(
+    "hd, worst, statuses",
+    [
+        (2.1, 0.99, ["PASS", "PASS", "PASS"]),
+        (1.9, 0.96, ["PASS", "FAIL", "FAIL"]),
+    ],
+)
+def test_whole_network_targets(hd, worst, statuses):
+    rows = [
+        _network_row("resnet18", "masked", (576, 768), 1.6), _network_row("resnet18", "masked", (1080, 1920), hd),
+        _network_row("resnet18", "unmasked", (576, 768), 1.0), _network_row("resnet50", "unmasked", (576, 768), worst),
+    ]
+    targets = {t["target"]: t for t in bench.evaluate_targets({"W5": {"rows": rows}})}
+    names = ["W5 resnet18 768x576 masked, batch 1, speed-up >= 1.5x",
+             "W5 resnet18 1920x1080 masked, batch 1, speed-up >= 2x",
+             "W5 every model on unmasked (dense) frames at most 3% slower than dense"]
+    assert [targets[name]["status"] for name in names] == statuses
+    assert targets[names[2]]["shown"] == f"worst {worst:.3f}x (resnet50; 2 models)"
+
+
+class _Libc:
+    def __init__(self, answer: int):
+        self.answer, self.calls = answer, []
+
+    def mallopt(self, option: int, value: int) -> int:
+        self.calls.append((option, value))
+        return self.answer
+
+
+def test_timing_heap_pins_both_thresholds_to_1_gib(monkeypatch: pytest.MonkeyPatch):
+    libc = _Libc(1)
+    monkeypatch.setattr(bench, "_libc", lambda: libc)
+    assert bench.pin_timing_heap() == "glibc, mmap/trim thresholds pinned to 1 GiB for timing"
+    assert libc.calls == [(-3, 1 << 30), (-1, 1 << 30)]
+
+
+def test_without_mallopt_the_allocator_is_recorded_as_default(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(bench, "_libc", lambda: _Libc(0))
+    assert bench.pin_timing_heap() == "default (thresholds not pinned: glibc mallopt refused the thresholds)"
+
+    def missing():
+        raise OSError("no C library")
+
+    monkeypatch.setattr(bench, "_libc", missing)
+    assert bench.pin_timing_heap() == "default (thresholds not pinned: needs glibc mallopt (no C library))"
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("resnet18", ["conv1", "layer1", "layer2", "layer3", "layer4"]),
+        ("mobilenet_v2", [f"features.{i}" for i in range(19)]),
+        ("fcn_resnet50", ["backbone.conv1", *(f"backbone.layer{i}" for i in range(1, 5)), "classifier"]),
+    ],
+)
+def test_stages_of_the_zoo(model, expected):
+    pytest.importorskip("torchvision")
+    from zeroskip.models import build_model
+
+    names = [name for name, m in build_model(model).named_modules() if isinstance(m, torch.nn.Conv2d)]
+    # A profile lists every convolution once per frame: repeats change nothing.
+    assert list(dict.fromkeys(bench.stages(names + names).values())) == expected
+
+
+def test_stage_cell_drops_a_shared_prefix():
+    assert bench._stage_cell({"features.0": 0.061, "features.1": 0.5}) == "0 6%, 1 50%"
+    assert bench._stage_cell({"conv1": 0.06, "layer1": 0.14}) == "conv1 6%, layer1 14%"
+    assert bench._stage_cell({"features": 1.0}) == "features 100%"
+
+
+def test_default_run_goes_on_without_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setattr(bench, "_has_module", lambda name: name != "torchvision")
+    parser = bench.build_parser()
+    settings = bench.settings_from_args(parser.parse_args(["--workloads", "W3", "--out", str(tmp_path)]))
+    assert settings.workloads == ("W3",)
+    settings = bench.settings_from_args(parser.parse_args(["--no-peer", "--video", __file__, "--out", str(tmp_path)]))
+    assert settings.workloads == ("W1", "W2", "W3", "W4")
+    assert "W5 skipped: torchvision is not installed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="`--workloads` W5 need torchvision"):
+        bench.settings_from_args(parser.parse_args(["--workloads", "W3,W5", "--out", str(tmp_path)]))

@@ -1,11 +1,13 @@
 """The benchmark suite behind ``zeroskip bench``: dense ``F.conv2d`` against zeroskip on masked video,
-on synthetic densities and on inner layers, with the speed targets of the project checked.
+on synthetic densities, on inner layers and through whole networks, with the speed targets of the
+project checked.
 
 Every comparison runs its functions (dense, zeroskip, and writing the output once) in one process,
 alternating block by block after a warm-up; each figure is the median over the blocks, with the
-interquartile range as its spread. Threads are set and recorded, seeds are pinned, and the machine,
-the torch version and the zeroskip commit are written next to the numbers. ``benchmarks/README.md``
-describes the method in full.
+interquartile range as its spread. Threads are set and recorded, seeds are pinned, glibc's heap is
+kept warm (see :func:`pin_timing_heap`), and the machine, the allocator state, the torch version and
+the zeroskip commit are written next to the numbers. ``benchmarks/README.md`` describes the method
+in full.
 
 Writes ``results.json``, ``results.md`` and ``results.png`` under ``--out``, each atomically, and only
 once every workload has finished.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import datetime
 import functools
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,8 +61,16 @@ PATTERNS = (("bands", 0.1), ("bands", 0.4), ("dots", 0.002))
 QUICK_PATTERNS = (("bands", 0.1),)
 SPARSE_MODES = ("rows", "tiles", "auto")
 
-# The speed targets (issue 3).
+# Whole-network models (W5): every one on the masked and the unmasked frames, these also at 1080p.
+NETWORK_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "fcn_resnet50")
+NETWORK_HD_MODELS = ("resnet18", "resnet50")
+
+# The speed targets (issue 3; W5: issue 5).
 TARGET_SPEEDUP = {("W1", 1): 5.0, ("W1", 16): 4.0, ("W2", 1): 5.0, ("W2", 16): 5.0}
+# (model, input size (H, W)) -> speed-up on the masked frames, batch 1.
+TARGET_NETWORK_SPEEDUP = {("resnet18", (576, 768)): 1.5, ("resnet18", (1080, 1920)): 2.0}
+# Every model on the unmasked frames: zeroskip at most 3 % slower than dense.
+TARGET_NETWORK_DENSE_INPUT = 0.97
 TARGET_EFFICIENCY = 0.5
 TARGET_AUTO_VS_DENSE = 1.03
 TARGET_AUTO_VS_BEST = 1.10
@@ -114,13 +125,17 @@ class Settings:
         sweep_size: ``(H, W)`` of the synthetic W3 frames.
         densities: W3 blob densities.
         patterns: W3 extra patterns, ``(kind, density)`` with kind ``"bands"`` or ``"dots"``.
+        network_models: W5 models (:data:`zeroskip.models.MODELS`), each on masked and unmasked frames.
+        network_hd_models: W5 models also run on the masked frames resized to ``hd_size``.
+        network_frames: frames of the window W5 cycles through (batch 1), each checked against dense.
+        network_repeats: timed blocks per function in W5 (a network call is long).
         peer: time spconv next to W1 when it is installed.
         memory: measure peak memory.
         note: free text stored with the results (e.g. "provisional run on a busy machine").
     """
 
     out: Path = DEFAULT_OUT
-    workloads: tuple[str, ...] = ("W1", "W2", "W3", "W4")
+    workloads: tuple[str, ...] = ("W1", "W2", "W3", "W4", "W5")
     quick: bool = False
     threads: int = 2
     repeats: int = 11
@@ -134,16 +149,21 @@ class Settings:
     sweep_size: tuple[int, int] = (576, 768)
     densities: tuple[float, ...] = DENSITIES
     patterns: tuple[tuple[str, float], ...] = PATTERNS
+    network_models: tuple[str, ...] = NETWORK_MODELS
+    network_hd_models: tuple[str, ...] = NETWORK_HD_MODELS
+    network_frames: int = 4
+    network_repeats: int = 7
     peer: bool = True
     memory: bool = True
     note: str = ""
 
     @classmethod
     def quick_variant(cls, **overrides: object) -> Settings:
-        """The ``--quick`` settings: fewer repeats, frames and densities, batch 1 only."""
+        """The ``--quick`` settings: fewer repeats, frames and densities, batch 1 only, ResNet-18 only."""
         base = {
             "quick": True, "repeats": 5, "min_block_s": 0.03, "frames": 8, "hd_frames": 3, "batches": (1,),
-            "densities": QUICK_DENSITIES, "patterns": QUICK_PATTERNS,
+            "densities": QUICK_DENSITIES, "patterns": QUICK_PATTERNS, "network_models": ("resnet18",),
+            "network_hd_models": ("resnet18",), "network_frames": 2, "network_repeats": 3,
         }
         return cls(**{**base, **overrides})
 
@@ -207,11 +227,14 @@ def measure(functions: dict[str, Callable[[], object]], repeats: int, min_block_
     return {name: Timing.of(samples[name], calls[name]) for name in names}
 
 
-# Peak memory -------------------------------------------------------------------------------------
+# Allocator and peak memory -----------------------------------------------------------------------
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-# glibc serves blocks at least this large with their own mapping, returned to the system when freed.
+# Memory measurement: glibc serves blocks at least this large with their own mapping, returned to the
+# system when freed.
 _MMAP_THRESHOLD = 128 << 10
+# Timing: blocks below this come from the heap, which keeps up to this much free memory.
+_TIMING_THRESHOLD = 1 << 30
 
 
 def _status_bytes(key: str) -> int:
@@ -226,6 +249,36 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None)
 
 
+def _pin_thresholds(threshold: int) -> str:
+    """Fix glibc's mmap and trim thresholds at ``threshold`` bytes. ``""`` when done, else why not."""
+    try:
+        libc = _libc()
+        pinned = libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+    except (OSError, AttributeError) as error:
+        return f"needs glibc mallopt ({error})"
+    return "" if pinned else "glibc mallopt refused the thresholds"
+
+
+def pin_timing_heap() -> str:
+    """Keep the heap warm for timing: glibc's mmap and trim thresholds pinned to 1 GiB.
+
+    With glibc's defaults, a block above the mmap threshold (32 MiB at most, e.g. oneDNN's scratch
+    for a large dense convolution) is mapped fresh on every call and its pages faulted in again, and
+    the dynamic threshold makes that depend on the process's history: on the project's machine dense
+    ``F.conv2d`` of the W1 layer took about 3x as long as with a warm heap, and every speed-up swung
+    2-3x from run to run. Pinned, such blocks are served from the heap and reused, so the dense
+    baseline is measured at its best and speed-ups err on the low side. Called at the start of
+    :func:`run`.
+
+    Returns:
+        The allocator state, for the metadata.
+    """
+    reason = _pin_thresholds(_TIMING_THRESHOLD)
+    if reason:
+        return f"default (thresholds not pinned: {reason})"
+    return "glibc, mmap/trim thresholds pinned to 1 GiB for timing"
+
+
 def pin_malloc() -> str:
     """Make the resident set follow live memory, so that its high-water mark measures a call's peak.
 
@@ -238,13 +291,14 @@ def pin_malloc() -> str:
     """
     if not (os.path.exists("/proc/self/clear_refs") and os.path.exists("/proc/self/status")):
         return "needs Linux /proc/self/clear_refs"
+    reason = _pin_thresholds(_MMAP_THRESHOLD)
+    if reason:
+        return reason
     try:
-        libc = _libc()
-        pinned = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, _MMAP_THRESHOLD)
-        libc.malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError) as error:
-        return f"needs glibc mallopt and malloc_trim ({error})"
-    return "" if pinned else "glibc mallopt refused the thresholds"
+        return f"needs glibc malloc_trim ({error})"
+    return ""
 
 
 def peak_memory(function: Callable[[], object]) -> int:
@@ -316,6 +370,17 @@ def masked_frames(video: Path, count: int, first: int) -> torch.Tensor:
     cache.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(cache, _tensor_bytes(torch.stack([torch.from_numpy(frame) for frame in kept])))
     return frames_to_tensor(kept)
+
+
+def raw_frames(video: Path, count: int, first: int) -> torch.Tensor:
+    """Frames ``first .. first + count - 1`` of ``video``, unmasked: float ``(count, 3, H, W)`` RGB in ``[0, 1]``.
+
+    Raises:
+        ValueError: the video cannot be read or is shorter than ``first + count`` frames.
+    """
+    from .masking import frames_to_tensor
+
+    return frames_to_tensor(list(itertools.islice(video_frames(video, first + count), first, None)))
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -638,26 +703,170 @@ def w4_inner_layers(ctx: Context) -> dict:
             "kind": "speed", "rows": rows}
 
 
+# Whole networks (W5) -----------------------------------------------------------------------------
+
+
+def stages(names: Sequence[str]) -> dict[str, str]:
+    """Stage of each qualified convolution name: its top-level block, or the block below a
+    container that holds most of the network (``features.3`` in MobileNet, ``backbone.layer2`` in FCN)."""
+    stage = {name: name.split(".")[0] for name in names}
+    for depth in (2, 3):
+        crowded = {s for s, n in Counter(stage.values()).items() if n > len(stage) / 2}
+        if not crowded:
+            break
+        stage = {name: ".".join(name.split(".")[:depth]) if stage[name] in crowded else stage[name] for name in names}
+    return stage
+
+
+def stage_fractions(records: Sequence[CallRecord]) -> dict[str, float]:
+    """Mean active fraction of the convolutions of each stage (:func:`stages`), in network order."""
+    stage_of = stages([r.name or "-" for r in records])
+    groups: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        groups[stage_of[record.name or "-"]].append(record.active_fraction)
+    return {stage: statistics.fmean(values) for stage, values in groups.items()}
+
+
+def _cycling(model: nn.Module, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """One benchmark call: ``model`` on the next of ``inputs`` (in turn, round and round)."""
+    cycle = itertools.cycle(inputs)
+
+    def run() -> None:
+        model(next(cycle))
+
+    return run
+
+
+def network_row(ctx: Context, case: str, model: str, dense: nn.Module, sparse: nn.Module,
+                inputs: Sequence[torch.Tensor], **extra: object) -> dict:
+    """Compare the dense ``model`` with its :func:`zeroskip.sparsify_` twin ``sparse`` on ``inputs``.
+
+    First every input runs through both, untimed: the outputs (every tensor of them) must agree
+    within ``torch.testing.assert_close``'s float32 tolerances with the absolute one scaled by the
+    output's largest magnitude (as ``zeroskip video`` checks), and the sparse runs are profiled for
+    the active fractions. Then :func:`measure` alternates timed blocks of both, each call running
+    the next input in turn.
+
+    Returns:
+        The row: times with spread, speed-up, the fraction of the dense convolution work computed
+        (``active_fraction``, multiply-accumulate weighted), the mean active fraction per stage
+        (``stages``) and per convolution of the first input (``layers``), the largest difference
+        relative to the largest output (``max_error``) and the check's verdict.
+    """
+    from .video import _tensors, assert_outputs_agree, work_fraction
+
+    records: list[CallRecord] = []
+    first_records: list[CallRecord] = []
+    error, mismatch = 0.0, ""
+    with torch.inference_mode():
+        for index, x in enumerate(inputs):
+            expected = dense(x)
+            with profile() as prof:
+                actual = sparse(x)
+            records += prof.records
+            first_records = first_records or prof.records
+            for a, e in zip(_tensors(actual), _tensors(expected)):
+                if e.numel():
+                    error = max(error, float((a - e).abs().max()) / (float(e.abs().max()) or 1.0))
+            try:
+                assert_outputs_agree(actual, expected)
+            except AssertionError as failure:
+                mismatch = mismatch or f"input {index}: " + " ".join(str(failure).split())[:300]
+        timings = measure({"dense": _cycling(dense, inputs), "zeroskip": _cycling(sparse, inputs)},
+                          ctx.settings.network_repeats, ctx.settings.min_block_s)
+    dense_t, sparse_t = timings["dense"], timings["zeroskip"]
+    row = {
+        "case": case,
+        "model": model,
+        **extra,
+        "batch": int(inputs[0].shape[0]),
+        "input_shape": list(inputs[0].shape),
+        "frames": len(inputs),
+        "pixel_density": _pixel_density(inputs),
+        "dense_ms": dense_t.median,
+        "dense_iqr": [dense_t.q1, dense_t.q3],
+        "zeroskip_ms": sparse_t.median,
+        "zeroskip_iqr": [sparse_t.q1, sparse_t.q3],
+        "speedup": dense_t.median / sparse_t.median,
+        "active_fraction": work_fraction(records, sparse),
+        "stages": stage_fractions(records),
+        "layers": [[r.name, r.chosen, r.active_fraction] for r in first_records],
+        "ran": _ran(records),
+        "max_error": error,
+        "exact": not mismatch,
+        "mismatch": mismatch,
+        "timings": {name: asdict(t) for name, t in timings.items()},
+    }
+    ctx.log(
+        f"  {case:<32} dense {row['dense_ms']:9.2f} ms  zeroskip {row['zeroskip_ms']:9.2f} ms  {row['speedup']:6.2f}x"
+        f"  work {row['active_fraction']:6.1%}  stages {_stage_cell(row['stages'])}"
+        + ("" if row["exact"] else "  MISMATCH")
+    )
+    return row
+
+
+def w5_whole_networks(ctx: Context) -> dict:
+    """W5: zoo models (:func:`zeroskip.models.build_model`) dense against sparsified, batch 1, on the
+    masked frames, on the same resized to 1080p (nearest) and on the unmasked frames."""
+    from .convert import sparsify_
+    from .models import build_model
+
+    settings = ctx.settings
+    masked = ctx.frames()[: settings.network_frames]
+    cases: dict[str, Callable[[], torch.Tensor]] = {
+        "masked": lambda: masked,
+        "masked hd": lambda: F.interpolate(masked, size=settings.hd_size, mode="nearest"),
+        "unmasked": lambda: raw_frames(settings.video, len(masked), settings.first_frame),
+    }
+    inputs: dict[str, list[torch.Tensor]] = {}
+    rows = []
+    for model in dict.fromkeys(settings.network_models + settings.network_hd_models):
+        dense = build_model(model)
+        sparse = sparsify_(copy.deepcopy(dense))
+        wanted = ["masked"] * (model in settings.network_models) + ["masked hd"] * (model in settings.network_hd_models)
+        for kind in wanted + ["unmasked"] * (model in settings.network_models):
+            if kind not in inputs:
+                inputs[kind] = _batched(cases[kind](), 1, len(masked))
+            height, width = inputs[kind][0].shape[-2:]
+            case = f"W5 {model} {width}x{height}" + (" unmasked" if kind == "unmasked" else "")
+            rows.append(network_row(ctx, case, model, dense, sparse, inputs[kind],
+                                    input=kind.split()[0], size=[height, width]))
+    return {
+        "title": "W5: whole networks, dense against `zeroskip.sparsify_`, vtest frames, batch 1",
+        "kind": "network",
+        "rows": rows,
+        "notes": [
+            "*work*: the fraction of the dense convolutions' multiply-accumulates computed; *active per stage*:"
+            " the mean active fraction of the convolutions of each stage (the active region grows with the"
+            " receptive field, so deep stages densify); *unmasked*: the raw frames, where nothing can be skipped;"
+            " *max error*: the largest difference over the largest output magnitude; *exact*: every output"
+            " within assert_close's float32 tolerances, the absolute one scaled by the largest output magnitude.",
+        ],
+    }
+
+
 @dataclass(frozen=True)
 class Workload:
     """One entry of :data:`WORKLOADS`: ``run(ctx)`` returns a section of the results.
 
     A section is a dict with ``title``, ``kind`` (``"speed"``: rows from :func:`speed_row`; ``"sweep"``:
-    W3's rows) and ``rows``, optionally ``breakdown``, ``peer`` and ``notes``.
+    W3's rows; ``"network"``: rows from :func:`network_row`) and ``rows``, optionally ``breakdown``,
+    ``peer`` and ``notes``.
     """
 
     title: str
     needs_video: bool
     run: Callable[[Context], dict]
+    needs_models: bool = False
 
 
-# The registry of workloads. A whole-network workload (issue 5) registers here as "W5", a function
-# returning a "speed" section (see speed_row for the row keys).
+# The registry of workloads.
 WORKLOADS: dict[str, Workload] = {
     "W1": Workload("original layer on masked vtest frames", True, w1_original_layer),
     "W2": Workload("the same at 1080p", True, w2_hd),
     "W3": Workload("density sweep on synthetic frames, every mode", False, w3_density_sweep),
     "W4": Workload("inner layers with vtest masks", True, w4_inner_layers),
+    "W5": Workload("whole networks on vtest frames", True, w5_whole_networks, needs_models=True),
 }
 
 
@@ -950,6 +1159,17 @@ def evaluate_targets(sections: dict[str, dict]) -> list[dict]:
     at = next((r for r in sweep if r["pattern"] == "blobs" and r["density"] == TARGET_SWEEP_DENSITY), None)
     add(f"W3 auto >= {TARGET_SWEEP_SPEEDUP:g}x at {TARGET_SWEEP_DENSITY:.0%} pixel density",
         at and at["speedup"], bool(at) and at["speedup"] >= TARGET_SWEEP_SPEEDUP, at and f"{at['speedup']:.2f}x")
+    networks = _speed_rows(sections, "W5")
+    for (model, size), goal in TARGET_NETWORK_SPEEDUP.items():
+        row = next((r for r in networks if (r["model"], r["input"], tuple(r["size"])) == (model, "masked", size)), None)
+        speedup = row["speedup"] if row else None
+        add(f"W5 {model} {size[1]}x{size[0]} masked, batch 1, speed-up >= {goal:g}x", speedup,
+            bool(row) and speedup >= goal, row and f"{speedup:.2f}x")
+    plain = [r for r in networks if r["input"] == "unmasked"]
+    worst = min(plain, key=lambda r: r["speedup"], default=None)
+    add(f"W5 every model on unmasked (dense) frames at most {1 - TARGET_NETWORK_DENSE_INPUT:.0%} slower than dense",
+        worst and worst["speedup"], bool(worst) and worst["speedup"] >= TARGET_NETWORK_DENSE_INPUT,
+        worst and f"worst {worst['speedup']:.3f}x ({worst['model']}; {len(plain)} model{'s' * (len(plain) > 1)})")
     measured = [r for s in sections.values() for r in s["rows"] if r.get("memory_ratio") is not None]
     worst = max(measured, key=lambda r: r["memory_ratio"], default=None)
     add(f"peak memory of a zeroskip call <= {TARGET_MEMORY_RATIO:g}x the dense call's",
@@ -1085,6 +1305,29 @@ def _sweep_table(rows: Sequence[dict]) -> list[str]:
     ])
 
 
+def _stage_cell(stages_: dict[str, float]) -> str:
+    """``conv1 6%, layer1 14%, ...``, without a prefix that every stage shares (``features.``)."""
+    names = list(stages_)
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[: prefix.rfind(".") + 1] if len(names) > 1 else ""
+    return ", ".join(f"{name[len(prefix):]} {fraction:.0%}" for name, fraction in stages_.items())
+
+
+def _network_table(rows: Sequence[dict]) -> list[str]:
+    header = ("case", "input", "pixel density", "dense ms (IQR)", "zeroskip ms (IQR)", "speed-up", "work",
+              "active per stage", "ran", "max error", "exact")
+    return _table(header, [
+        (r["case"], "x".join(map(str, r["input_shape"])), f"{r['pixel_density']:.2%}",
+         _ms(r["dense_ms"], r["dense_iqr"]), _ms(r["zeroskip_ms"], r["zeroskip_iqr"]), f"**{r['speedup']:.2f}x**",
+         f"{r['active_fraction']:.1%}", _stage_cell(r["stages"]), r["ran"], f"{r['max_error']:.1e}",
+         "yes" if r["exact"] else "**NO**")
+        for r in rows
+    ])
+
+
+_SECTION_TABLES = {"speed": _speed_table, "sweep": _sweep_table, "network": _network_table}
+
+
 def render_markdown(results: dict) -> str:
     """``results.md``: metadata, targets, and one table per workload."""
     meta = results["metadata"]
@@ -1102,7 +1345,7 @@ def render_markdown(results: dict) -> str:
                     [(t["target"], t["shown"], f"**{t['status']}**") for t in results["targets"]])
     for name, section in results["sections"].items():
         lines += ["", f"## {section['title']}", ""]
-        lines += _speed_table(section["rows"]) if section["kind"] == "speed" else _sweep_table(section["rows"])
+        lines += _SECTION_TABLES[section["kind"]](section["rows"])
         for note in section.get("notes", []):
             lines += ["", note]
         if "breakdown" in section:
@@ -1152,14 +1395,17 @@ def _peer_lines(peer: dict) -> list[str]:
 
 def render_plot(results: dict) -> bytes | None:
     """``results.png``: W3 time against density per mode, and the speed-ups of W1, W2 and W4 with
-    their ideal. ``None`` without matplotlib."""
+    their ideal; with W5, a second row: its speed-ups, and the active fraction per stage. ``None``
+    without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return None
     sections = results["sections"]
-    figure = Figure(figsize=(13, 5), layout="constrained")
-    sweep_axes, bar_axes = figure.subplots(1, 2)
+    networks = sections.get("W5", {}).get("rows", [])
+    figure = Figure(figsize=(13, 10 if networks else 5), layout="constrained")
+    axes = figure.subplots(2 if networks else 1, 2, squeeze=False)
+    sweep_axes, bar_axes = axes[0]
     sweep = [r for r in sections.get("W3", {}).get("rows", []) if r["pattern"] == "blobs"]
     if sweep:
         positions = range(len(sweep))
@@ -1172,7 +1418,7 @@ def render_plot(results: dict) -> bytes | None:
         sweep_axes.set_ylabel("ms per frame")
         sweep_axes.set_title("W3: time per mode against density")
         sweep_axes.legend()
-    bars = [r for name in ("W1", "W2", "W4", "W5") for r in sections.get(name, {}).get("rows", [])]
+    bars = [r for name in ("W1", "W2", "W4") for r in sections.get(name, {}).get("rows", [])]
     if bars:
         positions = range(len(bars))
         bar_axes.bar(positions, [r["speedup"] for r in bars], color="tab:blue", label="measured")
@@ -1184,9 +1430,42 @@ def render_plot(results: dict) -> bytes | None:
         bar_axes.set_ylabel("speed-up over dense")
         bar_axes.set_title("zeroskip speed-up (auto)")
         bar_axes.legend(loc="best", framealpha=0.6)
+    for panel, empty, what in ((sweep_axes, not sweep, "W3"), (bar_axes, not bars, "W1, W2 and W4")):
+        if empty:
+            panel.text(0.5, 0.5, f"{what} not run", ha="center", va="center")
+            panel.set_axis_off()
+    if networks:
+        _plot_networks(axes[1][0], axes[1][1], networks)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def _plot_networks(speed_axes, stage_axes, rows: Sequence[dict]) -> None:
+    """W5: speed-up per case (unmasked frames hatched), and the active fraction of each stage."""
+    positions = range(len(rows))
+    bars = speed_axes.bar(positions, [r["speedup"] for r in rows], color="tab:green", edgecolor="black", linewidth=0.5)
+    for bar, row in zip(bars, rows):
+        bar.set_hatch("//" if row["input"] == "unmasked" else "")
+    speed_axes.axhline(1.0, color="grey", linewidth=0.8)
+    speed_axes.axhline(TARGET_NETWORK_DENSE_INPUT, color="grey", linewidth=0.8, linestyle=":")
+    speed_axes.set_xticks(list(positions), [r["case"].removeprefix("W5 ") for r in rows], rotation=35, ha="right",
+                          fontsize=8)
+    speed_axes.set_ylabel("speed-up over the dense model")
+    speed_axes.set_title("W5: whole networks, batch 1 (hatched: unmasked frames)")
+    longest = 1
+    for row in (r for r in rows if r["input"] == "masked"):
+        fractions = list(row["stages"].values())
+        longest = max(longest, len(fractions))
+        stage_axes.plot(range(len(fractions)), fractions, marker="o",
+                        label=f"{row['case'].removeprefix('W5 ')}: {row['speedup']:.2f}x")
+    stage_axes.set_xticks(range(0, longest, max(1, longest // 10)))
+    stage_axes.set_ylim(0, 1.05)
+    stage_axes.set_xlabel("stage, input to output (ResNet: conv1, layer1-4; FCN: the same, then its head;"
+                          " MobileNetV2: features.0-18)")
+    stage_axes.set_ylabel("mean active fraction of its convolutions")
+    stage_axes.set_title("W5: the active region grows with depth (masked frames)")
+    stage_axes.legend(loc="best", fontsize=8, framealpha=0.6)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -1211,16 +1490,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def run(settings: Settings) -> dict:
     """Run the selected workloads, check the targets and write the three result files.
 
-    Measuring peak memory fixes glibc's malloc thresholds for the rest of the process (see
-    :func:`pin_malloc`); it comes after all timing.
+    Fixes glibc's malloc thresholds for the rest of the process: pinned high for timing first (see
+    :func:`pin_timing_heap`), then low for measuring peak memory (see :func:`pin_malloc`), after all
+    timing.
 
     Returns:
         The results, as written to ``results.json``.
     """
     started = time.perf_counter()
+    allocator = pin_timing_heap()
     with _threads(settings.threads):
         ctx = Context(settings)
-        meta = metadata(settings)
+        meta = {**metadata(settings), "allocator": allocator}
+        ctx.log(f"allocator: {allocator}")
         sections: dict[str, dict] = {}
         with torch.no_grad():
             for name in settings.workloads:
@@ -1295,7 +1577,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workloads", type=_workload_list, default=None,
                         help=f"comma list of {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--repeats", type=_positive(int, "--repeats"), default=None,
-                        help="timed blocks per function (default 11, 5 with --quick)")
+                        help="timed blocks per function (default 11, 5 with --quick; W5: 7, 3 with --quick)")
     parser.add_argument("--video", type=Path, default=None, help=f"the vtest clip (default {DEFAULT_VIDEO})")
     parser.add_argument("--no-peer", action="store_true", help="skip the spconv peer")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -1303,22 +1585,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_module(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from parsed arguments, checked so that a run cannot fail on them halfway.
 
+    Without torchvision, the default run leaves out the workloads that need it (W5).
+
     Raises:
-        ValueError: a workload needs the video and none is found, or OpenCV is missing.
+        ValueError: a workload needs the video and none is found, OpenCV is missing, or torchvision
+            is missing for a workload asked for by name.
     """
     workloads = args.workloads or tuple(WORKLOADS)
+    if not _has_module("torchvision"):
+        needing = ", ".join(name for name in WORKLOADS if WORKLOADS[name].needs_models)
+        if args.workloads is None:  # the default run goes on without them
+            print(f"zeroskip bench: {needing} skipped: torchvision is not installed (pip install 'zeroskip[models]')",
+                  file=sys.stderr)
+            workloads = tuple(name for name in workloads if not WORKLOADS[name].needs_models)
+        elif any(WORKLOADS[name].needs_models for name in workloads):
+            raise ValueError(f"`--workloads` {needing} need torchvision (pip install 'zeroskip[models]'),"
+                             f" got {','.join(workloads)}")
     video = args.video if args.video is not None else DEFAULT_VIDEO
     if any(WORKLOADS[name].needs_video for name in workloads):
         if not video.is_file():
             raise ValueError(f"`--video` must be an existing file (vtest.avi), got {str(video)!r}")
-        try:
-            import cv2  # noqa: F401
-        except ImportError:
-            raise ValueError("`--workloads` W1, W2 and W4 need OpenCV (pip install 'zeroskip[video]'),"
-                             f" got {','.join(workloads)}") from None
+        if not _has_module("cv2"):
+            needing = ", ".join(name for name in WORKLOADS if WORKLOADS[name].needs_video)
+            raise ValueError(f"`--workloads` {needing} need OpenCV (pip install 'zeroskip[video]'),"
+                             f" got {','.join(workloads)}")
     out = args.out if args.out is not None else DEFAULT_OUT
     existing = next(parent for parent in (out, *out.absolute().parents) if parent.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -1326,7 +1627,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     options = {"out": out, "workloads": workloads, "threads": args.threads, "video": video,
                "peer": not args.no_peer, "memory": not args.no_memory, "note": args.note}
     if args.repeats is not None:
-        options["repeats"] = args.repeats
+        options["repeats"] = options["network_repeats"] = args.repeats
     return Settings.quick_variant(**options) if args.quick else Settings(**options)
 
 

@@ -274,8 +274,29 @@ def outputs_agree(actual: torch.Tensor, expected: torch.Tensor) -> bool:
     network, outputs near zero that come from large terms differ by more than ``atol`` although
     nothing is wrong. For one layer on [0, 1] frames (the stem) the scale is about 1.
     """
+    return bool(torch.allclose(actual, expected, **_tolerances(expected)))
+
+
+def _tolerances(expected: torch.Tensor) -> dict[str, float]:
     scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    return bool(torch.allclose(actual, expected, rtol=_RTOL, atol=_ATOL * scale))
+    return {"rtol": _RTOL, "atol": _ATOL * scale}
+
+
+def assert_outputs_agree(actual: object, expected: object) -> None:
+    """:func:`outputs_agree` on every tensor of two model outputs (tensors, or dicts, lists and tuples
+    of them), with ``torch.testing.assert_close``'s description of the first difference.
+
+    Raises:
+        AssertionError: the outputs differ in structure, shape, dtype or values.
+    """
+    pairs = list(zip(_tensors(actual), _tensors(expected)))
+    if len(pairs) != len(_tensors(expected)) or len(pairs) != len(_tensors(actual)):
+        raise AssertionError(f"the outputs hold {len(_tensors(actual))} and {len(_tensors(expected))} tensors")
+    for index, (a, e) in enumerate(pairs):
+        try:
+            torch.testing.assert_close(a, e, **_tolerances(e))
+        except AssertionError as error:
+            raise AssertionError(f"output tensor {index}: {error}") from None
 
 
 def measure_batch(index: int, x: torch.Tensor, dense: nn.Module, sparse: nn.Module) -> BatchResult:
