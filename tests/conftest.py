@@ -1,4 +1,5 @@
-"""Shared fixtures: tolerances, sparse input patterns, masked vtest frames and the dense-reference check.
+"""Shared fixtures: tolerances, sparse input patterns, masked vtest frames, a synthetic clip and hostile
+files made from it, and the dense-reference check.
 
 Every differential comparison goes through the ``conv_check`` fixture, which counts them; the count
 is printed at the end of the run.
@@ -332,3 +333,44 @@ def vtest_frames(request) -> torch.Tensor:
         if path is not None:
             np.save(path, frames)
     return frames_to_tensor(list(frames))
+
+
+CLIP_FRAMES = 12
+# Files that are not a decodable video: ``bad_video(path, case)`` makes each.
+BAD_VIDEO_CASES = ("missing", "directory", "empty", "text", "truncated")
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory) -> Path:
+    """A :data:`CLIP_FRAMES`-frame synthetic 128x96 clip as MJPG AVI."""
+    pytest.importorskip("cv2")
+    from zeroskip.synthetic import SyntheticClip
+
+    path = tmp_path_factory.mktemp("clip") / "clip.avi"
+    SyntheticClip(128, 96, frames=CLIP_FRAMES, seed=0).write(path)
+    return path
+
+
+@pytest.fixture
+def bad_video(clip_path):
+    """``bad_video(path, case)``: make ``path`` one of :data:`BAD_VIDEO_CASES` (a missing file, a directory,
+    an empty file, a text file, or the clip cut after its first 1000 bytes, inside the header) and return it."""
+
+    def make(path: Path, case: str) -> Path:
+        if path.is_dir():
+            path.rmdir()
+        elif path.exists():
+            path.unlink()
+        if case == "directory":
+            path.mkdir()
+        elif case == "empty":
+            path.write_bytes(b"")
+        elif case == "text":
+            path.write_text("frame,value\n1,2\n" * 100)
+        elif case == "truncated":
+            path.write_bytes(clip_path.read_bytes()[:1000])
+        elif case != "missing":
+            raise ValueError(f"`case` must be one of {', '.join(BAD_VIDEO_CASES)}, got {case!r}")
+        return path
+
+    return make

@@ -17,20 +17,11 @@ pytest.importorskip("cv2")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
-from conftest import VTEST  # noqa: E402
+from conftest import BAD_VIDEO_CASES, CLIP_FRAMES, VTEST  # noqa: E402
 
 from zeroskip import cli, video  # noqa: E402
-from zeroskip.synthetic import SyntheticClip  # noqa: E402
 
 OUTPUTS = ["frames.csv", "report.png", "summary.json"]
-
-
-@pytest.fixture(scope="module")
-def clip_path(tmp_path_factory):
-    """A 12-frame synthetic clip as MJPG AVI."""
-    path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    SyntheticClip(128, 96, frames=12, seed=0).write(path)
-    return path
 
 
 def entry_point() -> list[str]:
@@ -39,7 +30,7 @@ def entry_point() -> list[str]:
     return [script] if script else [sys.executable, "-m", "zeroskip.cli"]
 
 
-def check_outputs(out, frames: int) -> dict:
+def check_outputs(out, frames: int, max_abs_err: float = 1e-5) -> dict:
     assert sorted(p.name for p in out.iterdir()) == OUTPUTS
     with open(out / "frames.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -48,7 +39,7 @@ def check_outputs(out, frames: int) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     assert {"totals", "medians", "speedup", "max_abs_err", "settings", "environment", "source"} <= set(summary)
     assert summary["totals"]["frames"] == frames
-    assert summary["max_abs_err"] < 1e-5 and summary["outputs_agree"]
+    assert summary["max_abs_err"] < max_abs_err and summary["outputs_agree"]
     return summary
 
 
@@ -77,14 +68,13 @@ def test_video_on_synthetic_clip_through_the_entry_point(tmp_path, clip_path):
     command = [*entry_point(), "video", str(clip_path), "--batch-size", "5", "--threads", "1", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    check_outputs(out, 12)
+    check_outputs(out, CLIP_FRAMES)
     assert "speed-up" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_damaged_file_through_the_entry_point(tmp_path, clip_path):
+def test_damaged_file_through_the_entry_point(tmp_path, bad_video):
     # OpenCV's and FFmpeg's own complaints about this file must not reach stderr.
-    path = tmp_path / "damaged.avi"
-    path.write_bytes(clip_path.read_bytes()[:1000])
+    path = bad_video(tmp_path / "damaged.avi", "truncated")
     out = tmp_path / "out"
     result = subprocess.run(
         [*entry_point(), "video", str(path), "--out", str(out)], capture_output=True, text=True, timeout=300
@@ -93,6 +83,17 @@ def test_damaged_file_through_the_entry_point(tmp_path, clip_path):
     expected = f"zeroskip: error: `path` must be a video file OpenCV can decode, got {str(path)!r}"
     assert result.stderr.splitlines() == [expected]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "mobilenet_v2", "fcn_resnet50"])
+def test_video_runs_whole_networks(model, tmp_path, clip_path, capsys):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "out"
+    argv = ["video", str(clip_path), "--model", model, "--max-frames", "2", "--batch-size", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    # Deep outputs are large: agreement is judged with the tolerance scaled by their magnitude.
+    assert check_outputs(out, 2, max_abs_err=float("inf"))["settings"]["model"] == model
+    assert f"model {model}," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,7 @@ def test_partly_decodable_file_runs_and_says_so(tmp_path, clip_path, capsys):
     path = tmp_path / "cut.avi"
     path.write_bytes(clip_path.read_bytes()[: clip_path.stat().st_size // 2])
     assert cli.main(["video", str(path), "--batch-size", "4", "--out", str(tmp_path / "out")]) == 0
-    assert "announces 12 frames but only" in capsys.readouterr().out
+    assert f"announces {CLIP_FRAMES} frames but only" in capsys.readouterr().out
 
 
 def _frames_changing_size(path):
@@ -126,34 +127,30 @@ def _frames_changing_size(path):
     return iter(frames), info
 
 
+_BAD_FILE_MESSAGES = {
+    "missing": "`path` must be an existing video file",
+    "directory": "(a directory)",
+    "empty": "(an empty file)",
+    "text": "`path` must be a video file OpenCV can decode",
+    "truncated": "`path` must be a video file OpenCV can decode",
+}
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing", "`path` must be an existing video file"),
-        ("directory", "(a directory)"),
-        ("empty", "(an empty file)"),
-        ("text", "`path` must be a video file OpenCV can decode"),
-        ("truncated", "`path` must be a video file OpenCV can decode"),
+        *((case, _BAD_FILE_MESSAGES[case]) for case in BAD_VIDEO_CASES),
         ("size_change", "`frames` must all have one size, got 128x96 at frame 0 and 128x72 at frame 3"),
         ("out_is_file", "`out` must be a writable directory"),
         ("out_below_file", "`out` must be a writable directory"),
         ("write_error", "No space left on device"),
     ],
 )
-def test_bad_input_one_line_exit_2_no_output(case, message, tmp_path, clip_path, capsys, monkeypatch):
+def test_bad_input_one_line_exit_2_no_output(case, message, tmp_path, clip_path, bad_video, capsys, monkeypatch):
     path, out = tmp_path / "input.avi", tmp_path / "out"
     path.write_bytes(clip_path.read_bytes())
-    if case == "missing":
-        path.unlink()
-    elif case == "directory":
-        path.unlink()
-        path.mkdir()
-    elif case == "empty":
-        path.write_bytes(b"")
-    elif case == "text":
-        path.write_text("frame,value\n1,2\n" * 100)
-    elif case == "truncated":
-        path.write_bytes(clip_path.read_bytes()[:1000])
+    if case in BAD_VIDEO_CASES:
+        bad_video(path, case)
     elif case == "size_change":
         monkeypatch.setattr(video, "open_video", _frames_changing_size)
     elif case == "out_is_file":

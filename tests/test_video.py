@@ -15,6 +15,8 @@ pytest.importorskip("cv2")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
+from conftest import BAD_VIDEO_CASES, CLIP_FRAMES  # noqa: E402
+
 from zeroskip import CallRecord, SparseConv2d, sparsify_, video  # noqa: E402
 from zeroskip.synthetic import SyntheticClip  # noqa: E402
 
@@ -22,14 +24,6 @@ SUMMARY_KEYS = {
     "source", "settings", "totals", "medians", "speedup", "max_abs_err", "outputs_agree", "mismatched_batches",
     "environment", "outputs",
 }
-
-
-@pytest.fixture(scope="module")
-def clip_path(tmp_path_factory):
-    """A 10-frame synthetic clip as MJPG AVI."""
-    path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    SyntheticClip(128, 96, frames=10, seed=0).write(path)
-    return path
 
 
 def small_clip(frames: int = 10):
@@ -85,23 +79,14 @@ def test_bad_settings_name_the_field(field, value):
 def test_open_video_reads_every_frame(clip_path):
     frames, info = video.open_video(clip_path)
     frames = list(frames)
-    assert (info.width, info.height, info.frame_count) == (128, 96, 10)
-    assert len(frames) == 10 and frames[0].shape == (96, 128, 3)
+    assert (info.width, info.height, info.frame_count) == (128, 96, CLIP_FRAMES)
+    assert len(frames) == CLIP_FRAMES and frames[0].shape == (96, 128, 3)
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "empty", "text", "truncated_header"])
-def test_open_video_rejects_bad_files(case, tmp_path, clip_path):
-    path = tmp_path / "bad.avi"
-    if case == "directory":
-        path.mkdir()
-    elif case == "empty":
-        path.write_bytes(b"")
-    elif case == "text":
-        path.write_text("this is not a video\n" * 50)
-    elif case == "truncated_header":
-        path.write_bytes(clip_path.read_bytes()[:1000])
+@pytest.mark.parametrize("case", BAD_VIDEO_CASES)
+def test_open_video_rejects_bad_files(case, tmp_path, bad_video):
     with pytest.raises(ValueError, match="`path` must"):
-        video.open_video(path)
+        video.open_video(bad_video(tmp_path / "bad.avi", case))
 
 
 def test_run_writes_the_three_files(tmp_path):
