@@ -101,3 +101,36 @@ def test_segmentation_output_dict_is_plain(vtest_frames):
         out = model(F.interpolate(vtest_frames[:1], size=(64, 96), mode="nearest"))
     assert set(out) == {"out"}
     assert not isinstance(out["out"], SparseActivation)
+
+
+def test_model_that_skips_nothing_stops_carrying():
+    """Convolutions too small to skip leave nothing for the carry to save: after one carried
+    forward that skipped nothing, inputs of that shape run uncarried, retried every so often."""
+    from zeroskip import network
+
+    model = zeroskip.sparsify_(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1)))
+    reference = copy.deepcopy(model)
+    zeroskip.densify_(reference)
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., 4:9, 4:9] = 1.0
+    waits = []
+    with torch.no_grad():
+        for _ in range(network._RETRY_CARRY_EVERY + 2):
+            torch.testing.assert_close(model(x), reference(x))
+            waits.append(model.__dict__[network._MEMO_ATTRIBUTE][(1, 3, 32, 32)])
+    # Carried on the first forward and again once the wait ran out.
+    every = network._RETRY_CARRY_EVERY
+    assert waits == [every, *range(every - 1, -1, -1), every]
+    zeroskip.densify_(model)
+    assert network._MEMO_ATTRIBUTE not in model.__dict__
+
+
+def test_model_that_skips_keeps_carrying(vtest_frames):
+    from zeroskip import network
+
+    model = zeroskip.sparsify_(copy.deepcopy(_model("resnet18")))
+    x = vtest_frames[:1]
+    with torch.no_grad():
+        model(x)
+        model(x)
+    assert not model.__dict__.get(network._MEMO_ATTRIBUTE)

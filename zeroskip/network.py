@@ -77,10 +77,13 @@ _CACHE = _BackgroundCache()
 
 
 class _Forwards(threading.local):
-    """Per thread, for each sparsified model forward in progress, whether it is known dense."""
+    """Per thread, for each sparsified model forward in progress: whether it is known dense, the
+    input shape it carries (``None``: no carry), and whether a convolution skipped anything."""
 
     def __init__(self) -> None:
         self.dense: list[bool] = []
+        self.carried: list[tuple | None] = []
+        self.skipped: list[bool] = []
 
 
 _FORWARDS = _Forwards()
@@ -126,6 +129,8 @@ class ConvCarry:
         """The convolution's output, carried on unless the engine ran it densely with most of it active."""
         if self._out_activity is None:
             return out
+        if self._filled is not None and _FORWARDS.skipped:
+            _FORWARDS.skipped[-1] = True  # the engine filled the background: it skipped work
         if self._filled is None:
             if float(self._out_activity.float().mean()) > _DENSE_CARRY_MAX_ACTIVE:
                 _mark_dense()
@@ -166,9 +171,26 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     return ConvCarry(plain(input), out_activity[:, 0], _tile_size(g), out_activity, background)
 
 
+# A model whose carried forward skipped nothing (every convolution ran densely: too small or too
+# active to skip) stops carrying inputs of that shape, trying again every this many forwards.
+_RETRY_CARRY_EVERY = 16
+_MEMO_ATTRIBUTE = "_zeroskip_carry_memo"
+
+
 def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
     _FORWARDS.dense.append(False)
+    _FORWARDS.carried.append(None)
+    _FORWARDS.skipped.append(False)
     kind = _input_kind(module, args[0]) if args else ""
+    if kind == "sparse":
+        memo = module.__dict__.setdefault(_MEMO_ATTRIBUTE, {})
+        shape = tuple(args[0].shape)
+        wait = memo.get(shape, 0)
+        if wait:
+            memo[shape] = wait - 1
+            kind = ""
+        else:
+            _FORWARDS.carried[-1] = shape
     _FORWARDS.dense[-1] = kind == "dense"
     return (start(args[0]), *args[1:]) if kind == "sparse" else None
 
@@ -191,6 +213,13 @@ def _input_kind(module: nn.Module, x: object) -> str:
 def _plain_outputs(module: nn.Module, args: tuple, output):
     if _FORWARDS.dense:
         _FORWARDS.dense.pop()
+        shape, skipped = _FORWARDS.carried.pop(), _FORWARDS.skipped.pop()
+        if shape is not None:
+            memo = module.__dict__.setdefault(_MEMO_ATTRIBUTE, {})
+            if skipped:
+                memo.pop(shape, None)
+            elif len(memo) < 64:  # bounded: one entry per input shape seen
+                memo[shape] = _RETRY_CARRY_EVERY
     if isinstance(output, torch.Tensor):
         return plain(output)
     if isinstance(output, (tuple, list)) and any(isinstance(o, SparseActivation) for o in output):
@@ -228,3 +257,4 @@ def detach(model: nn.Module) -> None:
     """Undo :func:`attach` (done by :func:`zeroskip.densify_`)."""
     for handle in model.__dict__.pop(_HOOKS_ATTRIBUTE, ()):
         handle.remove()
+    model.__dict__.pop(_MEMO_ATTRIBUTE, None)
