@@ -9,6 +9,7 @@ within a factor, not exactly. A sparse path is taken only when predicted at leas
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ._geometry import ConvGeometry
@@ -44,8 +45,10 @@ class ImageCosts:
         return self.fill + self.check + fraction * self.rows_full
 
 
-def image_costs(g: ConvGeometry, itemsize: int) -> ImageCosts:
-    """Costs of one image of a layer; memory terms scale with the element size."""
+@functools.lru_cache(maxsize=256)
+def image_costs(g: ConvGeometry, itemsize: int, checked: bool = True) -> ImageCosts:
+    """Costs of one image of a layer; memory terms scale with the element size. ``checked=False``:
+    the activity is known (carried through a network), so there is no check to pay."""
     width = itemsize / 4
     outputs = g.out_channels * g.out_height * g.out_width
     inputs = g.in_channels * g.height * g.width
@@ -57,7 +60,7 @@ def image_costs(g: ConvGeometry, itemsize: int) -> ImageCosts:
     return ImageCosts(
         dense=convolution,
         fill=store,
-        check=inputs * _NS_PER_CHECK * width,
+        check=inputs * _NS_PER_CHECK * width if checked else 0.0,
         tiles_full=_PATCH_SLOWDOWN * convolution + (outputs + inputs * halo) * _NS_PER_COPY * width,
         rows_full=convolution + outputs * _NS_PER_COPY * width,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from numbers import Integral
 
 import torch
@@ -11,6 +12,12 @@ Pair = tuple[int, int]
 
 
 def _pair(value: object, name: str, *, minimum: int) -> Pair:
+    # The common spellings first: the checks below use the slower abstract Integral.
+    if type(value) is int and value >= minimum:
+        return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if min(value) >= minimum:
+            return value  # type: ignore[return-value]
     if isinstance(value, bool):
         raise TypeError(f"`{name}` must be an int or a pair of ints, got {value!r}")
     if isinstance(value, Integral):
@@ -51,17 +58,17 @@ class ConvGeometry:
     pad_right: int
     groups: int
 
-    @property
+    @cached_property
     def out_height(self) -> int:
         span = self.dilation[0] * (self.kernel[0] - 1) + 1
         return (self.height + self.pad_top + self.pad_bottom - span) // self.stride[0] + 1
 
-    @property
+    @cached_property
     def out_width(self) -> int:
         span = self.dilation[1] * (self.kernel[1] - 1) + 1
         return (self.width + self.pad_left + self.pad_right - span) // self.stride[1] + 1
 
-    @property
+    @cached_property
     def window(self) -> Pair:
         """Input extent (rows, columns) that one output pixel reads."""
         return (
@@ -103,7 +110,7 @@ def check_conv_args(
         raise ValueError(
             f"`weight` must have shape (C_out, C_in / groups, kH, kW), got shape {tuple(weight.shape)}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, Integral) or groups < 1:
+    if type(groups) is not int and (isinstance(groups, bool) or not isinstance(groups, Integral)) or groups < 1:
         raise ValueError(f"`groups` must be a positive int, got {groups!r}")
     groups = int(groups)
     out_channels, group_channels, kh, kw = weight.shape

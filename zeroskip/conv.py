@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy as copy_module
-import dataclasses
 import time
 
 import torch
@@ -158,20 +157,21 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
     and ``fill`` writes the values of the skipped outputs.
     """
     reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias)
-    costs = image_costs(g, x.element_size())
-    if activity is not None:
-        costs = dataclasses.replace(costs, check=0.0)
-    if not reason and mode == "auto" and not sparse_can_win(costs, g.batch):
-        reason = "layer too cheap to skip"
-    if not reason and not parameters_finite(weight, bias):
-        # 0 * inf is NaN in the dense result, so no output can be skipped.
-        reason = "non-finite weights"
-    tile = tile_size if tile_size is not None else default_tile_size(g)
-    tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
-    if not reason and mode == "auto" and activity is None:
-        reason = _sampled_reason(x, g, tile, costs)
+    if not reason:
+        costs = image_costs(g, x.element_size(), activity is None)
+        if mode == "auto" and not sparse_can_win(costs, g.batch):
+            reason = "layer too cheap to skip"
+        elif not parameters_finite(weight, bias):
+            # 0 * inf is NaN in the dense result, so no output can be skipped.
+            reason = "non-finite weights"
     if reason:
         return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
+    tile = tile_size if tile_size is not None else default_tile_size(g)
+    tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
+    if mode == "auto" and activity is None:
+        reason = _sampled_reason(x, g, tile, costs)
+        if reason:
+            return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
 
     chosen: list[str] = []
     fractions: list[float] = []
