@@ -1461,8 +1461,8 @@ def _plot_networks(speed_axes, stage_axes, rows: Sequence[dict]) -> None:
                         label=f"{row['case'].removeprefix('W5 ')}: {row['speedup']:.2f}x")
     stage_axes.set_xticks(range(0, longest, max(1, longest // 10)))
     stage_axes.set_ylim(0, 1.05)
-    stage_axes.set_xlabel("stage, input to output (ResNet: conv1, layer1-4; FCN: the same, then its head;"
-                          " MobileNetV2: features.0-18)")
+    stage_axes.set_xlabel("stage, input to output\n(ResNet: conv1, layer1-4; FCN: the same, then its head;"
+                          " MobileNetV2: features.0-18)", fontsize=9)
     stage_axes.set_ylabel("mean active fraction of its convolutions")
     stage_axes.set_title("W5: the active region grows with depth (masked frames)")
     stage_axes.legend(loc="best", fontsize=8, framealpha=0.6)
