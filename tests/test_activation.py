@@ -330,7 +330,7 @@ def test_failed_forward_leaves_no_state():
     for pattern in ("dense", "pixel_center"):
         with pytest.raises(RuntimeError, match="boom"):
             sparse(make_pattern(pattern, (1, 3, 20, 20)))
-        assert _FORWARDS.dense == []
+        assert _FORWARDS.stack == []
 
 
 def test_dense_forward_skips_the_activity_checks():

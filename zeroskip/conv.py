@@ -16,7 +16,7 @@ from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import box_fraction, row_boxes, run_rows
 from ._tiles import default_tile_size, output_tiles, run_tiles, sample_activity, scan_activity
-from .network import carry_conv
+from .network import carry_conv, in_dense_forward
 
 MODES = ("auto", "dense", "rows", "tiles")
 
@@ -350,6 +350,9 @@ class SparseConv2d(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self._forward_captured(input)
+        if type(input) is torch.Tensor and (self.mode == "dense" or in_dense_forward()) and not _profiler.recording():
+            # Nothing to skip and nothing to record: nn.Conv2d's own call, without zeroskip's overhead.
+            return super().forward(input)
         return self._forward(input)
 
     # Under torch.compile a graph break: the plan depends on the input's values, so it runs eagerly.

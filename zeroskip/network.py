@@ -76,22 +76,35 @@ class _BackgroundCache:
 _CACHE = _BackgroundCache()
 
 
+@dataclass
+class _Forward:
+    """A sparsified model forward in progress: whether it is known dense, the input shape it
+    carries (``None``: no carry), and whether a convolution of it skipped anything."""
+
+    owner: int  # id() of the model
+    dense: bool = False
+    carried: tuple | None = None
+    skipped: bool = False
+
+
 class _Forwards(threading.local):
-    """Per thread, for each sparsified model forward in progress: whether it is known dense, the
-    input shape it carries (``None``: no carry), and whether a convolution skipped anything."""
+    """Per thread, the sparsified model forwards in progress, innermost last."""
 
     def __init__(self) -> None:
-        self.dense: list[bool] = []
-        self.carried: list[tuple | None] = []
-        self.skipped: list[bool] = []
+        self.stack: list[_Forward] = []
 
 
 _FORWARDS = _Forwards()
 
 
+def in_dense_forward() -> bool:
+    """Whether a sparsified model forward known dense (nothing left to skip) is in progress."""
+    return bool(_FORWARDS.stack) and _FORWARDS.stack[-1].dense
+
+
 def _mark_dense() -> None:
-    if _FORWARDS.dense:
-        _FORWARDS.dense[-1] = True
+    if _FORWARDS.stack:
+        _FORWARDS.stack[-1].dense = True
 
 
 @dataclass
@@ -129,8 +142,8 @@ class ConvCarry:
         """The convolution's output, carried on unless the engine ran it densely with most of it active."""
         if self._out_activity is None:
             return out
-        if self._filled is not None and _FORWARDS.skipped:
-            _FORWARDS.skipped[-1] = True  # the engine filled the background: it skipped work
+        if self._filled is not None and _FORWARDS.stack:
+            _FORWARDS.stack[-1].skipped = True  # the engine filled the background: it skipped work
         if self._filled is None:
             if float(self._out_activity.float().mean()) > _DENSE_CARRY_MAX_ACTIVE:
                 _mark_dense()
@@ -153,7 +166,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     known dense (4-D inputs only)."""
     carry = carried(input)
     if carry is None or input.dim() != 4:
-        return ConvCarry(input, None, None) if _FORWARDS.dense and _FORWARDS.dense[-1] else None
+        return ConvCarry(input, None, None) if in_dense_forward() else None
     out_activity = dilate(
         carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
     )
@@ -178,9 +191,12 @@ _MEMO_ATTRIBUTE = "_zeroskip_carry_memo"
 
 
 def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
-    _FORWARDS.dense.append(False)
-    _FORWARDS.carried.append(None)
-    _FORWARDS.skipped.append(False)
+    if torch.compiler.is_compiling():
+        # Graph capture may never call the forward hook that would end the entry (torch.export
+        # does not when capture fails); the sparse convolutions run eagerly without a carry.
+        return None
+    forward = _Forward(id(module))
+    _FORWARDS.stack.append(forward)
     kind = _input_kind(module, args[0]) if args else ""
     if kind == "sparse":
         memo = module.__dict__.setdefault(_MEMO_ATTRIBUTE, {})
@@ -190,16 +206,13 @@ def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
             memo[shape] = wait - 1
             kind = ""
         else:
-            _FORWARDS.carried[-1] = shape
-    _FORWARDS.dense[-1] = kind == "dense"
+            forward.carried = shape
+    forward.dense = kind == "dense"
     return (start(args[0]), *args[1:]) if kind == "sparse" else None
 
 
 def _input_kind(module: nn.Module, x: object) -> str:
     """``"sparse"`` (carry it), ``"dense"`` (nothing to skip anywhere) or ``""`` (leave it to each layer)."""
-    if torch.compiler.is_compiling():
-        # Graph capture runs on fake tensors; the sparse convolutions run eagerly without a carry.
-        return ""
     if not isinstance(x, torch.Tensor) or isinstance(x, SparseActivation) or x.dim() != 4:
         return ""
     if not x.is_floating_point() or x.layout != torch.strided or x.numel() == 0:
@@ -211,15 +224,14 @@ def _input_kind(module: nn.Module, x: object) -> str:
 
 
 def _plain_outputs(module: nn.Module, args: tuple, output):
-    if _FORWARDS.dense:
-        _FORWARDS.dense.pop()
-        shape, skipped = _FORWARDS.carried.pop(), _FORWARDS.skipped.pop()
-        if shape is not None:
+    if _FORWARDS.stack and _FORWARDS.stack[-1].owner == id(module):
+        forward = _FORWARDS.stack.pop()
+        if forward.carried is not None:
             memo = module.__dict__.setdefault(_MEMO_ATTRIBUTE, {})
-            if skipped:
-                memo.pop(shape, None)
+            if forward.skipped:
+                memo.pop(forward.carried, None)
             elif len(memo) < 64:  # bounded: one entry per input shape seen
-                memo[shape] = _RETRY_CARRY_EVERY
+                memo[forward.carried] = _RETRY_CARRY_EVERY
     if isinstance(output, torch.Tensor):
         return plain(output)
     if isinstance(output, (tuple, list)) and any(isinstance(o, SparseActivation) for o in output):
