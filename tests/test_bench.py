@@ -130,8 +130,11 @@ def test_row_bands_cover_whole_rows():
     "operator, functions, step",
     [
         ("aten::conv2d", ["run_tiles", "_forward"], "convolution"),
-        ("aten::amax", ["_reduce_blocks", "cell_activity", "active_tiles"], "activity check"),
-        ("aten::cumsum", ["window_any", "active_tiles"], "planning"),
+        ("aten::amax", ["_reduce_blocks", "cell_activity", "scan_activity"], "activity check"),
+        ("zeroskip::scan", ["scan_activity", "_forward"], "activity check"),
+        ("zeroskip::scan", ["sample_activity", "_sampled_reason"], "activity check"),
+        ("aten::cumsum", ["window_any", "scan_activity"], "activity check"),
+        ("aten::nonzero", ["row_boxes", "_forward"], "planning"),
         ("aten::copy_", ["_pad_band", "run_tiles", "_forward"], "gather"),
         ("aten::copy_", ["run_tiles", "_forward"], "scatter"),
         ("aten::copy_", ["run_rows", "_forward"], "scatter"),

@@ -879,6 +879,8 @@ BREAKDOWN_STEPS = ("activity check", "planning", "gather", "convolution", "scatt
 # The step of every operator called from these zeroskip functions (the innermost one listed wins).
 _FUNCTION_STEPS = {
     "sampled_density": "activity check",
+    "sample_activity": "activity check",
+    "scan_activity": "activity check",
     "row_activity": "activity check",
     "cell_activity": "activity check",
     "_reduce_blocks": "activity check",
