@@ -279,10 +279,6 @@ def test_outputs_are_fresh_tensors(weights, pattern):
         assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="engine: outputs of 32 MiB and more are mmap-backed (zeroskip._alloc); their storage cannot grow",
-)
 def test_large_output_storage_is_resizable_like_dense(weights, pattern):
     weight, _ = weights(64, 3, (7, 7))
     x = pattern("pixel_center", (2, 3, 576, 768))
