@@ -7,11 +7,18 @@ import torch
 import torch.nn.functional as F
 
 import zeroskip
+from zeroskip import _rows
 from zeroskip._geometry import check_conv_args
-from zeroskip._rows import box_fraction, row_boxes
+from zeroskip._rows import _round_out, box_fraction, row_boxes
 
 
-def test_boxes_from_an_exact_activity_map():
+@pytest.fixture
+def unrounded(monkeypatch):
+    """Boxes exactly as found, not rounded out to repeat convolution shapes."""
+    monkeypatch.setattr(_rows, "_BOX_QUANTUM", 1)
+
+
+def test_boxes_from_an_exact_activity_map(unrounded):
     activity = torch.zeros(1, 12, 20, dtype=torch.uint8)
     activity[0, 1:3, 4:6] = 1
     activity[0, 8:10, 15:17] = 1
@@ -22,7 +29,7 @@ def test_boxes_from_an_exact_activity_map():
     assert box_fraction(boxes[0], g) == (2 * 2 + 2 * 15) / (12 * 20)
 
 
-def test_boxes_from_a_tile_map_round_out_to_whole_tiles():
+def test_boxes_from_a_tile_map_round_out_to_whole_tiles(unrounded):
     tiles = torch.zeros(2, 3, 4, dtype=torch.bool)
     tiles[0, 1, 2] = True
     rows = torch.zeros(2, 24, dtype=torch.bool)
@@ -32,11 +39,18 @@ def test_boxes_from_a_tile_map_round_out_to_whole_tiles():
     assert row_boxes(rows, tiles, (8, 5), 18) == [[(9, 11, 10, 18)]] + [[]]
 
 
-def test_short_gaps_between_bands_are_merged():
+def test_short_gaps_between_bands_are_merged(unrounded):
     activity = torch.zeros(1, 10, 8, dtype=torch.uint8)
     activity[0, 1, 1] = 1
     activity[0, 4, 6] = 1  # two inactive rows between: one band
     assert row_boxes(activity.any(2), activity, (1, 1), 8) == [[(1, 5, 1, 7)]]
+
+
+def test_box_sides_round_out_to_repeat_shapes_and_stay_inside():
+    assert _round_out(3, 5, 100) == (3, 11)
+    assert _round_out(96, 99, 100) == (92, 100)  # grown towards the start at the far edge
+    assert _round_out(0, 5, 6) == (0, 6)  # never longer than the map
+    assert _round_out(8, 24, 100) == (8, 24)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

@@ -46,6 +46,18 @@ def row_bands(active: torch.Tensor) -> list[list[tuple[int, int]]]:
 Box = tuple[int, int, int, int]  # output rows [o0, o1) x columns [c0, c1)
 
 
+# Box sides are rounded out to multiples of this: every new convolution shape makes oneDNN build and
+# cache a new primitive (time, and memory kept after the call), and rounded boxes repeat shapes.
+_BOX_QUANTUM = 8
+
+
+def _round_out(start: int, end: int, size: int) -> tuple[int, int]:
+    """``[start, end)`` grown to a multiple of :data:`_BOX_QUANTUM`, kept inside ``[0, size)``."""
+    length = min(size, -(-(end - start) // _BOX_QUANTUM) * _BOX_QUANTUM)
+    start = min(start, size - length)
+    return start, start + length
+
+
 def row_boxes(rows: torch.Tensor, columns: torch.Tensor, block: tuple[int, int], width: int) -> list[list[Box]]:
     """Per image, the bands of active output rows, each cropped to its active columns.
 
@@ -59,12 +71,14 @@ def row_boxes(rows: torch.Tensor, columns: torch.Tensor, block: tuple[int, int],
         Per image, ``(o0, o1, c0, c1)`` boxes covering every active output.
     """
     boxes = []
+    height = rows.shape[1]
     for image, bands in zip(columns, row_bands(rows)):
         image_boxes = []
         for o0, o1 in bands:
             active = image[o0 // block[0] : (o1 - 1) // block[0] + 1].any(0).nonzero().flatten().tolist()
             if active:
-                image_boxes.append((o0, o1, active[0] * block[1], min((active[-1] + 1) * block[1], width)))
+                c0, c1 = active[0] * block[1], min((active[-1] + 1) * block[1], width)
+                image_boxes.append((*_round_out(o0, o1, height), *_round_out(c0, c1, width)))
         boxes.append(image_boxes)
     return boxes
 
