@@ -7,6 +7,7 @@ is printed at the end of the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -205,7 +206,19 @@ def weights():
 # "auto_eager" is auto with the cost model's fixed and activity-check overheads removed and small tiles, so
 # that the small images of the test grids take the per-image fill/tiles/rows/dense mixes that auto takes
 # on large ones (plain auto sends most of them to dense as too cheap to skip).
-EAGER_COSTS = dict(_NS_FIXED=0.0, _NS_PER_CHECK=0.0, _NS_PER_COPY=0.03)
+EAGER_COSTS = dict(_NS_FIXED=0.0, _NS_PER_CHECK=0.0, _NS_PER_COPY=0.03, _NS_PER_CALL=0.0, _NS_PER_WEIGHT_BYTE=0.0)
+
+
+@contextlib.contextmanager
+def eager_costs():
+    """The cost model with :data:`EAGER_COSTS`; costs cached per layer are dropped on the way in and out."""
+    zeroskip._cost.image_costs.cache_clear()
+    try:
+        with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS):
+            yield
+    finally:
+        zeroskip._cost.image_costs.cache_clear()
+
 EAGER_TILE = (4, 5)
 TEST_MODES = (*zeroskip.MODES, "auto_eager")
 
@@ -217,7 +230,7 @@ _paths: Counter[str] = Counter()
 def _sparse_conv(input, weight, bias, *, mode, tile_size, **conv_args) -> tuple[torch.Tensor, str]:
     with zeroskip.profile() as prof:
         if mode == "auto_eager":
-            with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS):
+            with eager_costs():
                 out = zeroskip.conv2d(input, weight, bias, mode="auto", tile_size=tile_size or EAGER_TILE, **conv_args)
         else:
             out = zeroskip.conv2d(input, weight, bias, mode=mode, tile_size=tile_size, **conv_args)

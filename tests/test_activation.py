@@ -7,16 +7,14 @@ import contextlib
 import copy
 import functools
 import itertools
-from unittest import mock
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import EAGER_COSTS, make_pattern
+from conftest import eager_costs, make_pattern
 
 import zeroskip
-import zeroskip._cost
 from zeroskip.activation import SparseActivation, _pool_size, active_boxes, carried, dilate
 from zeroskip.models import randomize_batchnorm_
 
@@ -143,7 +141,7 @@ def assert_network_matches(dense: nn.Module, x: torch.Tensor, *, eager: bool = F
                 module.tile_size = tile_size
     with torch.no_grad():
         expected = dense(x)
-        with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS) if eager else contextlib.nullcontext():
+        with eager_costs() if eager else contextlib.nullcontext():
             actual = sparse(x)
     assert type(actual) is torch.Tensor, "outputs leave the network as plain tensors"
     finite = expected[expected.isfinite()]

@@ -105,7 +105,8 @@ def test_segmentation_output_dict_is_plain(vtest_frames):
 
 def test_model_that_skips_nothing_stops_carrying():
     """Convolutions too small to skip leave nothing for the carry to save: after one carried
-    forward that skipped nothing, inputs of that shape run uncarried, retried every so often."""
+    forward that skipped nothing, inputs of that shape run as known dense (no per-layer checks),
+    retried every so often."""
     from zeroskip import network
 
     model = zeroskip.sparsify_(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1)))
@@ -113,14 +114,17 @@ def test_model_that_skips_nothing_stops_carrying():
     zeroskip.densify_(reference)
     x = torch.zeros(1, 3, 32, 32)
     x[..., 4:9, 4:9] = 1.0
-    waits = []
+    waits, checked = [], []
     with torch.no_grad():
         for _ in range(network._RETRY_CARRY_EVERY + 2):
-            torch.testing.assert_close(model(x), reference(x))
+            with zeroskip.profile() as prof:
+                torch.testing.assert_close(model(x), reference(x))
             waits.append(model.__dict__[network._MEMO_ATTRIBUTE][(1, 3, 32, 32)])
+            checked.append(prof.records[0].detail != "mode=dense")
     # Carried on the first forward and again once the wait ran out.
     every = network._RETRY_CARRY_EVERY
     assert waits == [every, *range(every - 1, -1, -1), every]
+    assert checked == [True] + [False] * every + [True]
     zeroskip.densify_(model)
     assert network._MEMO_ATTRIBUTE not in model.__dict__
 

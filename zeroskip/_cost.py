@@ -10,6 +10,7 @@ within a factor, not exactly. A sparse path is taken only when predicted at leas
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._geometry import ConvGeometry
@@ -19,6 +20,10 @@ _NS_PER_OUTPUT = 0.12  # writing one float32 output element once (fill, or the c
 _NS_PER_CHECK = 0.4  # activity check, per input element (two reductions over the input)
 _NS_PER_COPY = 0.3  # gathering one input element into a tile patch, or copying one output element back
 _NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call
+# One more convolution call (a box of the row path): Python, slicing, and oneDNN's set-up, which
+# reorders the weights on every call (measured 25 us for 64x64x3x3 to 390 us for 512x512x3x3).
+_NS_PER_CALL = 40_000.0
+_NS_PER_WEIGHT_BYTE = 0.04
 # Convolving many small patches runs oneDNN below its full-image efficiency (the full W3 sweep of
 # benchmarks/results: the tile path costs 1.3x to 2x dense per computed output).
 _PATCH_SLOWDOWN = 2.0
@@ -37,12 +42,25 @@ class ImageCosts:
     check: float
     tiles_full: float  # tiles path on a fully active image, without fill and check
     rows_full: float
+    call: float  # one more convolution call, beside its outputs
+    pixel: float  # one output pixel (all channels) computed by the row path
+    halo: tuple[float, float]  # (rows, columns) of outputs a box costs beside its own, from its input halo
 
     def tiles(self, fraction: float) -> float:
         return self.fill + self.check + fraction * self.tiles_full
 
     def rows(self, fraction: float) -> float:
-        return self.fill + self.check + fraction * self.rows_full
+        """The row path as one box holding ``fraction`` of the image (a lower bound for any boxes)."""
+        return self.fill + self.check + self.call + fraction * self.rows_full
+
+    def box(self, height: int, width: int) -> float:
+        """One box of ``height x width`` outputs. Small boxes run oneDNN far below its whole-image
+        speed (a 3x3 64->64 convolution of 8x8 outputs: 6x the time per output); counting the
+        outputs their input halo would give matches the measurements within a factor."""
+        return self.call + self.pixel * (height + self.halo[0]) * (width + self.halo[1])
+
+    def boxes(self, boxes: Sequence[tuple[int, int, int, int]]) -> float:
+        return self.fill + self.check + sum(self.box(o1 - o0, c1 - c0) for o0, o1, c0, c1 in boxes)
 
 
 @functools.lru_cache(maxsize=256)
@@ -57,12 +75,17 @@ def image_costs(g: ConvGeometry, itemsize: int, checked: bool = True) -> ImageCo
     convolution = macs * _NS_PER_MAC + store
     # Input read per tile over its share, for the default 16 x 32 tiles.
     halo = (1 + g.window[0] / (16 * g.stride[0])) * (1 + g.window[1] / (32 * g.stride[1]))
+    rows_full = convolution + outputs * _NS_PER_COPY * width
+    weight_bytes = g.out_channels * (g.in_channels // g.groups) * g.kernel[0] * g.kernel[1] * itemsize
     return ImageCosts(
         dense=convolution,
         fill=store,
         check=inputs * _NS_PER_CHECK * width if checked else 0.0,
         tiles_full=_PATCH_SLOWDOWN * convolution + (outputs + inputs * halo) * _NS_PER_COPY * width,
-        rows_full=convolution + outputs * _NS_PER_COPY * width,
+        rows_full=rows_full,
+        call=_NS_PER_CALL + weight_bytes * _NS_PER_WEIGHT_BYTE,
+        pixel=rows_full / (g.out_height * g.out_width),
+        halo=((g.window[0] - 1) / g.stride[0], (g.window[1] - 1) / g.stride[1]),
     )
 
 
@@ -72,11 +95,17 @@ def sparse_can_win(costs: ImageCosts, batch: int) -> bool:
     return _NS_FIXED + batch * (costs.fill + costs.check) < _CHECK_SHARE * batch * costs.dense
 
 
-def choose(costs: ImageCosts, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
-    """The cheapest path for one image, and the fraction of its output that path computes."""
+def choose(
+    costs: ImageCosts, tile_fraction: float, row_fraction: float, rows: float | None = None
+) -> tuple[str, float]:
+    """The cheapest path for one image, and the fraction of its output that path computes.
+
+    ``rows``: the row path's cost when its boxes are known (else it is costed as one box).
+    """
     if tile_fraction == 0.0:
         return "fill", 0.0
-    tiles, rows = costs.tiles(tile_fraction), costs.rows(row_fraction)
+    tiles = costs.tiles(tile_fraction)
+    rows = costs.rows(row_fraction) if rows is None else rows
     if min(tiles, rows) >= _MARGIN * costs.dense:
         return "dense", 1.0
     return ("rows", row_fraction) if rows < tiles else ("tiles", tile_fraction)

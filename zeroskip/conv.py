@@ -127,13 +127,14 @@ def _budget(out: torch.Tensor) -> int:
     return max(_MIN_BUDGET_BYTES, int(_MEMORY_FRACTION * out.numel() * out.element_size()))
 
 
-def _choose(mode: str, costs: ImageCosts, tile_fraction: float, row_fraction: float) -> tuple[str, float]:
+def _choose(mode: str, costs: ImageCosts, tile_fraction: float, boxes: list, g: ConvGeometry) -> tuple[str, float]:
     """The path for one image and the fraction of its output that path computes."""
+    row_fraction = box_fraction(boxes, g)
     if mode == "rows":
         return ("rows", row_fraction) if row_fraction else ("fill", 0.0)
     if mode == "tiles":
         return ("tiles", tile_fraction) if tile_fraction else ("fill", 0.0)
-    return choose(costs, tile_fraction, row_fraction)
+    return choose(costs, tile_fraction, row_fraction, costs.boxes(boxes))
 
 
 def _sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts) -> str:
@@ -184,9 +185,9 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
             columns, block = activity[start : start + per_chunk], (1, 1)
             active, rows = output_tiles(columns, tile), columns.any(2)
         # The row path computes boxes: bands of active rows cropped to their active columns.
-        boxes = row_boxes(rows, columns, block, g.out_width) if mode != "tiles" else [[]] * active.shape[0]
+        boxes = row_boxes(rows, columns, block, g.out_width, costs) if mode != "tiles" else [[]] * active.shape[0]
         for tile_fraction, image_boxes in zip(_tile_fractions(active, g, tile), boxes):
-            path, fraction = _choose(mode, costs, tile_fraction, box_fraction(image_boxes, g))
+            path, fraction = _choose(mode, costs, tile_fraction, image_boxes, g)
             chosen.append(path)
             fractions.append(fraction)
         maps.append((start, active, boxes))
