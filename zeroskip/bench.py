@@ -128,7 +128,8 @@ class Settings:
         network_models: W5 models (:data:`zeroskip.models.MODELS`), each on masked and unmasked frames.
         network_hd_models: W5 models also run on the masked frames resized to ``hd_size``.
         network_frames: frames of the window W5 cycles through (batch 1), each checked against dense.
-        network_repeats: timed blocks per function in W5 (a network call is long).
+        network_repeats: timed blocks per function in W5 (a network call is long), rounded up to a multiple
+            of ``network_frames`` so that every frame is timed equally often.
         peer: time spconv next to W1 when it is installed.
         memory: measure peak memory.
         note: free text stored with the results (e.g. "provisional run on a busy machine").
@@ -152,7 +153,7 @@ class Settings:
     network_models: tuple[str, ...] = NETWORK_MODELS
     network_hd_models: tuple[str, ...] = NETWORK_HD_MODELS
     network_frames: int = 4
-    network_repeats: int = 7
+    network_repeats: int = 8
     peer: bool = True
     memory: bool = True
     note: str = ""
@@ -163,7 +164,7 @@ class Settings:
         base = {
             "quick": True, "repeats": 5, "min_block_s": 0.03, "frames": 8, "hd_frames": 3, "batches": (1,),
             "densities": QUICK_DENSITIES, "patterns": QUICK_PATTERNS, "network_models": ("resnet18",),
-            "network_hd_models": ("resnet18",), "network_frames": 2, "network_repeats": 3,
+            "network_hd_models": ("resnet18",), "network_frames": 2, "network_repeats": 4,
         }
         return cls(**{**base, **overrides})
 
@@ -772,8 +773,10 @@ def network_row(ctx: Context, case: str, model: str, dense: nn.Module, sparse: n
                 assert_outputs_agree(actual, expected)
             except AssertionError as failure:
                 mismatch = mismatch or f"input {index}: " + " ".join(str(failure).split())[:300]
+        # Each block runs the next input: equal counts of every input, or one frame's cost would weigh more.
+        repeats = -(-ctx.settings.network_repeats // len(inputs)) * len(inputs)
         timings = measure({"dense": _cycling(dense, inputs), "zeroskip": _cycling(sparse, inputs)},
-                          ctx.settings.network_repeats, ctx.settings.min_block_s)
+                          repeats, ctx.settings.min_block_s)
     dense_t, sparse_t = timings["dense"], timings["zeroskip"]
     row = {
         "case": case,
@@ -1579,7 +1582,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workloads", type=_workload_list, default=None,
                         help=f"comma list of {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--repeats", type=_positive(int, "--repeats"), default=None,
-                        help="timed blocks per function (default 11, 5 with --quick; W5: 7, 3 with --quick)")
+                        help="timed blocks per function (default 11, 5 with --quick; W5: 8, 4 with --quick)")
     parser.add_argument("--video", type=Path, default=None, help=f"the vtest clip (default {DEFAULT_VIDEO})")
     parser.add_argument("--no-peer", action="store_true", help="skip the spconv peer")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
