@@ -8,6 +8,7 @@ vectorises along the contiguous one; a single multi-dimension ``amax`` is severa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # Samples per image for the dense-input early exit: enough to tell 50% from 5% density reliably,
 # few enough that the check costs well under 1% of any convolution worth sparsifying.
@@ -98,3 +99,19 @@ def window_any(active: torch.Tensor, dim: int, starts: torch.Tensor, ends: torch
     zero = torch.zeros_like(counts.narrow(dim, 0, 1))
     counts = torch.cat([zero, counts], dim)
     return counts.index_select(dim, ends).sub_(counts.index_select(dim, starts)).gt_(0)
+
+
+def block_any(activity: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """Which blocks of ``block = (bh, bw)`` pixels of an activity map hold an active pixel (the
+    active output tiles, from an output activity map).
+
+    Args:
+        activity: ``(B, H, W)``, non-zero where active.
+
+    Returns:
+        Bool tensor ``(B, ceil(H / bh), ceil(W / bw))``.
+    """
+    batch, height, width = activity.shape
+    padded = F.pad(activity, (0, -width % block[1], 0, -height % block[0]))
+    n_i, n_j = padded.shape[1] // block[0], padded.shape[2] // block[1]
+    return padded.view(batch, n_i, block[0], n_j, block[1]).amax(4).amax(2).ne(0)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._activity import row_activity, window_any
+from ._activity import block_any, row_activity, window_any
 from ._cost import ImageCosts
 from ._geometry import ConvGeometry
 
@@ -130,14 +130,10 @@ _MAX_MAP_SIDE = 64
 
 def _coarse(blocks: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """``blocks`` merged into larger blocks until each side has at most :data:`_MAX_MAP_SIDE`."""
-    batch, height, width = blocks.shape
-    merge = (-(-height // _MAX_MAP_SIDE), -(-width // _MAX_MAP_SIDE))
+    merge = (-(-blocks.shape[1] // _MAX_MAP_SIDE), -(-blocks.shape[2] // _MAX_MAP_SIDE))
     if merge == (1, 1):
         return blocks.bool(), block
-    padded = blocks.new_zeros(batch, -(-height // merge[0]) * merge[0], -(-width // merge[1]) * merge[1])
-    padded[:, :height, :width] = blocks
-    merged = padded.view(batch, padded.shape[1] // merge[0], merge[0], padded.shape[2] // merge[1], merge[1])
-    return merged.amax((2, 4)).bool(), (block[0] * merge[0], block[1] * merge[1])
+    return block_any(blocks, merge), (block[0] * merge[0], block[1] * merge[1])
 
 
 def box_fraction(boxes: list[Box], geometry: ConvGeometry) -> float:

@@ -106,21 +106,6 @@ def sample_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> list
     return list(zip(tile_fractions, row_fractions))
 
 
-def output_tiles(activity: torch.Tensor, tile: Pair) -> torch.Tensor:
-    """Which output tiles hold an active output pixel, from a known output activity map.
-
-    Args:
-        activity: ``(B, H_out, W_out)``, non-zero where an output pixel must be computed.
-
-    Returns:
-        Bool tensor ``(B, ceil(H_out / th), ceil(W_out / tw))``.
-    """
-    batch, height, width = activity.shape
-    padded = F.pad(activity, (0, -width % tile[1], 0, -height % tile[0]))
-    n_i, n_j = padded.shape[1] // tile[0], padded.shape[2] // tile[1]
-    return padded.view(batch, n_i, tile[0], n_j, tile[1]).amax(4).amax(2).ne(0)
-
-
 def _shape_groups(size: int, tile: int) -> list[tuple[int, int, int]]:
     """(first tile index, tile count, tile extent) for the full tiles and the ragged last one."""
     full, rest = divmod(size, tile)

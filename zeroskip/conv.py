@@ -10,12 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _profiler
-from ._activity import sampled_density
+from ._activity import block_any, sampled_density
 from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
 from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
 from ._rows import box_fraction, row_boxes, run_rows
-from ._tiles import default_tile_size, output_tiles, run_tiles, sample_activity, scan_activity
+from ._tiles import default_tile_size, run_tiles, sample_activity, scan_activity
 from .network import carry_conv, in_dense_forward
 
 MODES = ("auto", "dense", "rows", "tiles")
@@ -183,8 +183,8 @@ def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, ac
             columns, block = active, tile
         else:
             columns, block = activity[start : start + per_chunk], (1, 1)
-            active, rows = output_tiles(columns, tile), columns.any(2)
-        # The row path computes boxes: bands of active rows cropped to their active columns.
+            active, rows = block_any(columns, tile), columns.any(2)
+        # The row path computes boxes cut out of the active region (see _rows.row_boxes).
         boxes = row_boxes(rows, columns, block, g.out_width, costs) if mode != "tiles" else [[]] * active.shape[0]
         for tile_fraction, image_boxes in zip(_tile_fractions(active, g, tile), boxes):
             path, fraction = _choose(mode, costs, tile_fraction, image_boxes, g)
