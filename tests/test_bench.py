@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from zeroskip import bench
+from zeroskip.bench import breakdown, command, heap, metadata, networks
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_row_bands_cover_whole_rows():
     ],
 )
 def test_operator_steps(operator, functions, step):
-    assert bench._operator_step(operator, functions) == step
+    assert breakdown._operator_step(operator, functions) == step
 
 
 @pytest.mark.parametrize(
@@ -160,13 +161,13 @@ def test_operator_steps(operator, functions, step):
     ],
 )
 def test_engine_frames_are_recognised(frame, inside):
-    assert bool(bench._PACKAGE_FILE.search(frame)) is inside
+    assert bool(breakdown._PACKAGE_FILE.search(frame)) is inside
 
 
 def test_busy_machine_is_flagged():
     quiet = {"cpu_affinity": 2, "cpu_count": 2, "load_average_start": (1.5, 1, 1), "load_average_end": (1.9, 1, 1)}
-    assert bench._busy_note(quiet) == ""
-    assert "busy" in bench._busy_note({**quiet, "load_average_end": (5.2, 4, 3)})
+    assert metadata.busy_note(quiet) == ""
+    assert "busy" in metadata.busy_note({**quiet, "load_average_end": (5.2, 4, 3)})
 
 
 def _network_row(model: str, kind: str, size: tuple[int, int], speedup: float) -> dict:
@@ -204,19 +205,19 @@ class _Libc:
 
 def test_timing_heap_pins_both_thresholds_to_1_gib(monkeypatch: pytest.MonkeyPatch):
     libc = _Libc(1)
-    monkeypatch.setattr(bench, "_libc", lambda: libc)
+    monkeypatch.setattr(heap, "_libc", lambda: libc)
     assert bench.pin_timing_heap() == "glibc, mmap/trim thresholds pinned to 1 GiB for timing"
     assert libc.calls == [(-3, 1 << 30), (-1, 1 << 30)]
 
 
 def test_without_mallopt_the_allocator_is_recorded_as_default(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(bench, "_libc", lambda: _Libc(0))
+    monkeypatch.setattr(heap, "_libc", lambda: _Libc(0))
     assert bench.pin_timing_heap() == "default (thresholds not pinned: glibc mallopt refused the thresholds)"
 
     def missing():
         raise OSError("no C library")
 
-    monkeypatch.setattr(bench, "_libc", missing)
+    monkeypatch.setattr(heap, "_libc", missing)
     assert bench.pin_timing_heap() == "default (thresholds not pinned: needs glibc mallopt (no C library))"
 
 
@@ -238,13 +239,13 @@ def test_stages_of_the_zoo(model, expected):
 
 
 def test_stage_cell_drops_a_shared_prefix():
-    assert bench._stage_cell({"features.0": 0.061, "features.1": 0.5}) == "0 6%, 1 50%"
-    assert bench._stage_cell({"conv1": 0.06, "layer1": 0.14}) == "conv1 6%, layer1 14%"
-    assert bench._stage_cell({"features": 1.0}) == "features 100%"
+    assert networks.stage_cell({"features.0": 0.061, "features.1": 0.5}) == "0 6%, 1 50%"
+    assert networks.stage_cell({"conv1": 0.06, "layer1": 0.14}) == "conv1 6%, layer1 14%"
+    assert networks.stage_cell({"features": 1.0}) == "features 100%"
 
 
 def test_default_run_goes_on_without_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
-    monkeypatch.setattr(bench, "_has_module", lambda name: name != "torchvision")
+    monkeypatch.setattr(command, "_has_module", lambda name: name != "torchvision")
     parser = bench.build_parser()
     settings = bench.settings_from_args(parser.parse_args(["--workloads", "W3", "--out", str(tmp_path)]))
     assert settings.workloads == ("W3",)
