@@ -10,23 +10,23 @@ import torch
 
 from .frames import masked_frames
 
-REPO = Path(__file__).resolve().parent.parent
+# The checkout (or site-packages) holding the ``zeroskip`` package.
+REPO = Path(__file__).resolve().parents[2]
 # A source checkout (editable install) writes into the repository, where the results are committed.
-_INREPO = (REPO / "benchmarks").is_dir() and (REPO / "pyproject.toml").is_file()
-DEFAULT_OUT = REPO / "benchmarks" / "results" if _INREPO else Path("zeroskip-bench")
+_IN_REPO = (REPO / "benchmarks").is_dir() and (REPO / "pyproject.toml").is_file()
+DEFAULT_OUT = REPO / "benchmarks" / "results" if _IN_REPO else Path("zeroskip-bench")
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "vtest.avi"
-OUTPUT_NAMES = ("results.json", "results.md", "results.png")
 
 # Pixel densities of the synthetic sweep (W3), and the row-band and scattered-dot patterns beside it.
 DENSITIES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 QUICK_DENSITIES = (0.0, 0.01, 0.05, 0.2, 1.0)
 PATTERNS = (("bands", 0.1), ("bands", 0.4), ("dots", 0.002))
 QUICK_PATTERNS = (("bands", 0.1),)
-SPARSE_MODES = ("rows", "tiles", "auto")
 
 # Whole-network models (W5): every one on the masked and the unmasked frames, these also at 1080p.
 NETWORK_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "fcn_resnet50")
 NETWORK_HD_MODELS = ("resnet18", "resnet50")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -88,7 +88,6 @@ class Settings:
             "quick": True, "repeats": 5, "min_block_s": 0.03, "frames": 8, "hd_frames": 3, "batches": (1,),
             "densities": QUICK_DENSITIES, "patterns": QUICK_PATTERNS, "network_models": ("resnet18",),
             "network_hd_models": ("resnet18",), "network_frames": 2, "network_repeats": 4,
-
         }
         return cls(**{**base, **overrides})
 
