@@ -1,10 +1,15 @@
-"""Where a zeroskip call's time goes, profiled with ``torch.profiler``."""
+"""Where a zeroskip call's time goes, by engine stage, from the engine's own ``torch.profiler`` labels.
+
+The engine wraps each stage of a call in ``torch.profiler.record_function("zeroskip::<stage>")``
+(``check``, ``plan``, ``output``, ``execute``, and finer ones nested inside them, e.g. ``scan`` or
+``fill``). The breakdown reads those labels, not the engine's private function names, so that it
+survives a refactored engine: any label starting with ``zeroskip::`` is a stage, named by the rest.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -15,74 +20,64 @@ import torch.nn as nn
 
 from .rows import conv_args, each
 
-# A Python frame in a zeroskip engine module (not this one), as torch.profiler names it:
-# ".../zeroskip/_tiles.py(120)".
-_PACKAGE_FILE = re.compile(r"zeroskip[/\\](?!bench\.py)\w+\.py\(\d+\)$")
-BREAKDOWN_STEPS = ("activity check", "planning", "gather", "convolution", "scatter", "fill", "allocation", "python")
-# The step of every operator called from these zeroskip functions (the innermost one listed wins).
-_FUNCTION_STEPS = {
-    "sampled_density": "activity check",
-    "sample_activity": "activity check",
-    "scan_activity": "activity check",
-    "row_activity": "activity check",
-    "cell_activity": "activity check",
-    "_reduce_blocks": "activity check",
-    "_band_buffer": "gather",
-    "_pad_band": "gather",
-    "_new_output": "fill",
-    "empty_strided": "allocation",
-}
+LABEL_PREFIX = "zeroskip::"
+# The engine's stages in call order; finer or unknown labels follow, by time.
+STAGE_ORDER = ("check", "plan", "output", "execute")
+# Time of the call under no label: the front end (argument checks, dispatch) and whatever is unlabelled.
+OUTSIDE = "outside stages"
 
 
-def _operator_step(name: str, functions: Sequence[str]) -> str:
-    """The breakdown step of one top-level operator, from its name and the zeroskip functions on its
-    Python stack (innermost first)."""
-    name = name.lower()
-    if "conv" in name:
-        return "convolution"
-    if "empty" in name or "frombuffer" in name:
-        return "allocation"
-    listed = next((f for f in functions if f in _FUNCTION_STEPS), None)
-    if listed:
-        return _FUNCTION_STEPS[listed]
-    if name in ("aten::zero_", "aten::fill_"):
-        return "fill"
-    if "index_put" in name or "scatter" in name or name == "aten::copy_":
-        return "scatter"
-    if name in ("aten::index", "aten::constant_pad_nd", "aten::pad") or "gather" in name:
-        return "gather"
-    return "planning"
+def _stage(event) -> str | None:
+    return event.name[len(LABEL_PREFIX):] if event.name.startswith(LABEL_PREFIX) else None
 
 
-def _is_python(event) -> bool:
-    flag = getattr(event, "is_python_function", None)
-    return flag if isinstance(flag, bool) else ".py(" in event.name or event.name.startswith("<")
+def _nested_label_us(event) -> float:
+    """Time of the nearest ``zeroskip::`` labels below ``event`` (their own nested labels are inside theirs)."""
+    total = 0.0
+    for child in event.cpu_children:
+        total += child.cpu_time_total if _stage(child) is not None else _nested_label_us(child)
+    return total
 
 
-def _zeroskip_functions(event) -> list[str]:
-    """Names of the zeroskip functions on ``event``'s Python stack, innermost first."""
-    names = []
+def _enclosing_stage(event) -> str:
     parent = event.cpu_parent
     while parent is not None:
-        path, _, function = parent.name.rpartition(": ")
-        if _PACKAGE_FILE.search(path):
-            names.append(function)
+        stage = _stage(parent)
+        if stage is not None:
+            return stage
         parent = parent.cpu_parent
-    return names
+    return OUTSIDE
 
 
-def _top_operators(events) -> list:
-    """Operators not called by another operator (their children's time is inside theirs)."""
-    tops = []
+def attribute(events) -> tuple[Counter[str], Counter[tuple[str, str]], float]:
+    """Exclusive time of every stage label, and the time of the top operators with their stage.
+
+    A stage's time is its label's total minus that of the labels nested in it (a finer stage keeps its
+    own time, the enclosing one the rest). Operators are counted at the outermost operator (its
+    children's time is inside its own), under the innermost label enclosing it.
+
+    Args:
+        events: ``torch.profiler.profile(...).events()``.
+
+    Returns:
+        ``(stage -> µs, (operator, stage) -> µs, µs under top-level labels)``.
+    """
+    stages: Counter[str] = Counter()
+    operators: Counter[tuple[str, str]] = Counter()
+    labelled = 0.0
     for event in events:
-        if _is_python(event):
+        stage = _stage(event)
+        if stage is not None:
+            stages[stage] += event.cpu_time_total - _nested_label_us(event)
+            if _enclosing_stage(event) == OUTSIDE:
+                labelled += event.cpu_time_total
             continue
         parent = event.cpu_parent
-        while parent is not None and _is_python(parent):
+        while parent is not None and _stage(parent) is not None:
             parent = parent.cpu_parent
-        if parent is None:
-            tops.append(event)
-    return tops
+        if parent is None:  # not inside another operator
+            operators[(event.name, _enclosing_stage(event))] += event.cpu_time_total
+    return stages, operators, labelled
 
 
 @contextlib.contextmanager
@@ -100,18 +95,17 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def breakdown(inputs: Sequence[torch.Tensor], conv: nn.Conv2d, measured_ms: float) -> dict:
-    """Where a zeroskip call's time goes, by step (activity check, planning, gather, convolution, scatter,
-    fill, allocation, Python), profiled from the outside on the real call.
+    """Where a zeroskip call's time goes, by engine stage (its ``zeroskip::<stage>`` labels).
 
-    The call runs twice under ``torch.profiler``: once with Python stacks, to learn which zeroskip
-    function called each top-level operator (that and the operator's name give its step, see
-    :func:`_operator_step`), and once without, for operator times undistorted by stack tracing.
-    The time outside operators is the Python step (plan logic, dispatch). Shares are scaled to the
-    call's median time measured without the profiler.
+    The call (``zeroskip.conv2d`` on every input in turn) runs once under ``torch.profiler`` (CPU
+    activity, no stacks). Each stage gets its label's exclusive time; the wall time outside every
+    label is :data:`OUTSIDE`. Shares are scaled to the call's median time measured without the
+    profiler (``measured_ms``, per input).
 
     Returns:
-        ``{"steps": [{"step", "ms", "share"}], "functions": [...], "operators": [...]}``, or
-        ``{"error": ...}`` when the profiler cannot attribute the call.
+        ``{"inputs", "measured_ms", "labelled", "stages": [{"stage", "ms", "share"}], "operators":
+        [{"operator", "stage", "ms", "share"}]}`` (ten slowest operators), or ``{"error": ...}`` when the
+        profiler fails.
     """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -122,45 +116,24 @@ def breakdown(inputs: Sequence[torch.Tensor], conv: nn.Conv2d, measured_ms: floa
     run = each(lambda x: conv2d(x, **args), inputs)
     run()
     try:
-        with _quiet_stderr(), torch_profile(activities=[ProfilerActivity.CPU], with_stack=True) as traced:
-            run()
-        with _quiet_stderr(), torch_profile(activities=[ProfilerActivity.CPU]) as timed:
+        with _quiet_stderr(), torch_profile(activities=[ProfilerActivity.CPU]) as profiled:
             start = time.perf_counter()
             run()
             wall_us = (time.perf_counter() - start) * 1e6
     except RuntimeError as error:
         return {"error": f"torch.profiler failed: {error}"}
-    traced_ops = _top_operators(traced.events())
-    timed_ops = _top_operators(timed.events())
-    same = [a.name for a in traced_ops] == [b.name for b in timed_ops]
-    times = [b.cpu_time_total for b in timed_ops] if same else [a.cpu_time_total for a in traced_ops]
-    if not same:
-        wall_us = sum(times)
-    steps: Counter[str] = Counter()
-    functions: Counter[str] = Counter()
-    operators: Counter[str] = Counter()
-    for op, us in zip(traced_ops, times):
-        stack = _zeroskip_functions(op)
-        steps[_operator_step(op.name, stack)] += us
-        functions[stack[0] if stack else "(outside zeroskip)"] += us
-        operators[op.name] += us
-    steps["python"] += max(0.0, wall_us - sum(times))
-    total = sum(steps.values()) or 1.0
-
-    def listed(counter: Counter[str], key: str, limit: int | None = None) -> list[dict]:
-        return [
-            {key: name, "ms": measured_ms * us / total, "share": us / total}
-            for name, us in counter.most_common(limit)
-        ]
-
+    stages, operators, labelled = attribute(profiled.events())
+    stages[OUTSIDE] += max(0.0, wall_us - labelled)
+    total = sum(stages.values()) or 1.0
+    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+    ranked = sorted((s for s in stages if s != OUTSIDE), key=lambda s: (order.get(s, len(order)), -stages[s]))
+    scale = measured_ms / total
     return {
         "inputs": len(inputs),
         "measured_ms": measured_ms,
-        "attribution": "timed run" if same else "stack-traced run (operator sequences differed)",
-        "steps": [s for s in listed(steps, "step") if s["share"] > 0],
-        "order": list(BREAKDOWN_STEPS),
-        "functions": listed(functions, "function", 10),
-        "operators": listed(operators, "operator", 10),
+        "labelled": bool(labelled),
+        "stages": [{"stage": s, "ms": stages[s] * scale, "share": stages[s] / total} for s in [*ranked, OUTSIDE]
+                   if stages[s] > 0],
+        "operators": [{"operator": name, "stage": stage, "ms": us * scale, "share": us / total}
+                      for (name, stage), us in operators.most_common(10)],
     }
-
-

@@ -6,9 +6,10 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .heap import HEAP_MODES
 from .output import OUTPUT_NAMES
 from .runner import run
 from .settings import DEFAULT_OUT, DEFAULT_VIDEO, Settings
@@ -28,12 +29,29 @@ def _positive(kind: type, name: str) -> Callable[[str], object]:
     return parse
 
 
-def _workload_list(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip().upper() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in WORKLOADS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"`--workloads` must be a comma list of {', '.join(WORKLOADS)}, got {text!r}")
-    return tuple(dict.fromkeys(names))
+def _thread_list(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) <= 0:
+        raise argparse.ArgumentTypeError(f"`--threads` must be a comma list of positive ints, got {text!r}")
+    return tuple(dict.fromkeys(counts))
+
+
+def _name_list(option: str, allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """Parse a comma list of ``allowed`` names (any case); the result in ``allowed``'s order when
+    ``option`` is ``--heap`` (the heap modes must run in that order), else as given."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        by_key = {name.upper(): name for name in allowed}
+        names = tuple(by_key.get(part.strip().upper(), "") for part in text.split(",") if part.strip())
+        if not names or "" in names:
+            raise argparse.ArgumentTypeError(f"`{option}` must be a comma list of {', '.join(allowed)}, got {text!r}")
+        names = tuple(dict.fromkeys(names))
+        return tuple(name for name in allowed if name in names) if option == "--heap" else names
+
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,11 +65,19 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zeroskip bench", description="Benchmark zeroskip against dense convolution (issue 3).")
-    parser.add_argument("--quick", action="store_true", help="the reduced run (under two minutes on 2 cores)")
-    parser.add_argument("--threads", type=_positive(int, "--threads"), default=2, help="torch threads (default 2)")
+    parser = _Parser(prog="zeroskip bench", description="Benchmark zeroskip against dense convolution.")
+    parser.add_argument("--quick", action="store_true", help="the reduced run: batch 1, fewer frames and repeats")
+    parser.add_argument("--threads", type=_thread_list, default=(1, 2),
+                        help="comma list of torch thread counts, each workload runs at every one (default 1,2)")
+    parser.add_argument("--heap", type=_name_list("--heap", HEAP_MODES), default=HEAP_MODES,
+                        help="comma list of heap modes: default (glibc as users get it), pinned (warm, for noise"
+                             " control); default both")
+    parser.add_argument("--no-contention", action="store_true",
+                        help="skip the runs of W1, W2 and W5 beside a competing busy process")
+    parser.add_argument("--contention-threads", type=_positive(int, "--contention-threads"), default=None,
+                        help="torch threads beside the busy process (default: torch's default here)")
     parser.add_argument("--out", type=Path, default=None, help=f"output directory (default {DEFAULT_OUT})")
-    parser.add_argument("--workloads", type=_workload_list, default=None,
+    parser.add_argument("--workloads", type=_name_list("--workloads", tuple(WORKLOADS)), default=None,
                         help=f"comma list of {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--repeats", type=_positive(int, "--repeats"), default=None,
                         help="timed blocks per function (default 11, 5 with --quick; W5: 8, 4 with --quick)")
@@ -101,7 +127,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     existing = next(parent for parent in (out, *out.absolute().parents) if parent.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"`--out` must be a writable directory, got {str(out)!r}")
-    options = {"out": out, "workloads": workloads, "threads": args.threads, "video": video,
+    options = {"out": out, "workloads": workloads, "threads": args.threads, "heaps": args.heap,
+               "contention": not args.no_contention, "contention_threads": args.contention_threads, "video": video,
                "peer": not args.no_peer, "memory": not args.no_memory, "note": args.note}
     if args.repeats is not None:
         options["repeats"] = options["network_repeats"] = args.repeats
@@ -121,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(t["target"]) for t in results["targets"])
     print(f"\ntargets ({'quick run' if settings.quick else 'full run'}, {results['elapsed_s']:.0f} s):")
     for target in results["targets"]:
-        print(f"  {target['status']:<8} {target['target']:<{width}}  {target['shown']}")
+        where = f"{target['threads']}t {target['heap']}" if target["threads"] else "-"
+        print(f"  {target['status']:<8} {target['target']:<{width}}  {where:<11} {target['shown']}")
     print("wrote " + ", ".join(str(settings.out / name) for name in OUTPUT_NAMES if (settings.out / name).exists()))
     return 0
 

@@ -1,11 +1,12 @@
-"""glibc's heap: kept warm for timing (:func:`pin_timing_heap`), or made to follow live memory so that the
-resident set's high-water mark measures a call's peak (:func:`pin_malloc`, :func:`peak_memory`)."""
+"""glibc's heap: as users get it or kept warm for timing (:func:`use_heap`), or made to follow live memory
+so that the resident set's high-water mark measures a call's peak (:func:`pin_malloc`, :func:`peak_memory`)."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
 import os
+import platform
 from collections.abc import Callable
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -14,6 +15,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 128 << 10
 # Timing: blocks below this come from the heap, which keeps up to this much free memory.
 _TIMING_THRESHOLD = 1 << 30
+# The heap modes workloads are timed in, in the order a run takes them: once this process has set a
+# threshold, glibc never goes back to its dynamic one, so the default heap comes first.
+HEAP_MODES = ("default", "pinned")
+# Whether this process has set glibc's thresholds (the default heap is then no longer glibc's own).
+_changed = False
 
 
 def _status_bytes(key: str) -> int:
@@ -30,12 +36,16 @@ def _libc() -> ctypes.CDLL:
 
 def _pin_thresholds(threshold: int) -> str:
     """Fix glibc's mmap and trim thresholds at ``threshold`` bytes. ``""`` when done, else why not."""
+    global _changed
     try:
         libc = _libc()
         pinned = libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, threshold)
     except (OSError, AttributeError) as error:
         return f"needs glibc mallopt ({error})"
-    return "" if pinned else "glibc mallopt refused the thresholds"
+    if not pinned:
+        return "glibc mallopt refused the thresholds"
+    _changed = True
+    return ""
 
 
 def pin_timing_heap() -> str:
@@ -56,6 +66,36 @@ def pin_timing_heap() -> str:
     if reason:
         return f"default (thresholds not pinned: {reason})"
     return "glibc, mmap/trim thresholds pinned to 1 GiB for timing"
+
+
+def use_heap(mode: str) -> tuple[bool, str]:
+    """Put the heap in ``mode`` (one of :data:`HEAP_MODES`) for the timings that follow.
+
+    ``"default"`` is the allocator as users get it: glibc's own dynamic mmap threshold, whose state
+    depends on what the process freed before. ``"pinned"`` keeps the heap warm (:func:`pin_timing_heap`)
+    for noise control. A process that has already set glibc's thresholds cannot have its dynamic
+    threshold back: ``"default"`` then restores glibc's initial values, fixed, and says so.
+
+    Returns:
+        ``(whether the mode is in effect, the allocator state for the metadata or why not)``.
+
+    Raises:
+        ValueError: ``mode`` is not a heap mode.
+    """
+    if mode == "pinned":
+        state = pin_timing_heap()
+        return not state.startswith("default"), state
+    if mode != "default":
+        raise ValueError(f"`mode` must be one of {', '.join(HEAP_MODES)}, got {mode!r}")
+    if platform.libc_ver()[0] != "glibc":
+        return True, "the platform's default allocator (not glibc)"
+    if not _changed:
+        return True, "glibc defaults (dynamic mmap threshold)"
+    reason = _pin_thresholds(_MMAP_THRESHOLD)
+    if reason:
+        return False, f"glibc defaults cannot be restored: {reason}"
+    return True, ("glibc's initial thresholds (128 KiB) restored, without the dynamic mmap threshold: thresholds"
+                  " were set earlier in this process")
 
 
 def pin_malloc() -> str:

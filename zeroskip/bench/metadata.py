@@ -11,6 +11,7 @@ import subprocess
 import torch
 
 from .. import __version__
+from .contention import load_average
 from .settings import REPO, Settings
 
 
@@ -22,8 +23,22 @@ def _run_git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def metadata(settings: Settings) -> dict:
-    """Where the numbers come from: machine, versions, commit, threads, date and load."""
+def native_executor() -> str:
+    """Whether zeroskip's compiled code runs here: ``"used"``, or ``"not used: <why>"``."""
+    from .. import _native
+
+    reason = _native.unavailable_reason()
+    return "used" if reason is None else f"not used: {reason}"
+
+
+def metadata(settings: Settings, default_threads: int) -> dict:
+    """Where the numbers come from: machine, versions, commit, threads, heap modes, date and load.
+
+    Args:
+        settings: the run's settings.
+        default_threads: torch's thread count before the suite set any (the contention runs use it
+            unless the settings say otherwise).
+    """
     cpu, flags = platform.processor() or platform.machine(), []
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
         for line in handle:
@@ -35,35 +50,25 @@ def metadata(settings: Settings) -> dict:
                 break
     commit = _run_git("rev-parse", "HEAD") if (REPO / ".git").exists() else None
     dirty = bool(_run_git("status", "--porcelain", "--untracked-files=no", "--", "zeroskip")) if commit else None
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
         "cpu_simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
+        "threads": list(settings.threads),
+        "torch_default_threads": default_threads,
+        "contention_threads": (settings.contention_threads or default_threads) if settings.contention else None,
+        "heap_modes": list(settings.heaps),
         "torch": torch.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "native": native_executor(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "zeroskip": __version__,
         "zeroskip_commit": commit,
         "zeroskip_uncommitted_changes": dirty,
-        "load_average_start": load,
+        "load_average_start": load_average(),
         "quick": settings.quick,
         "note": settings.note,
     }
-
-
-def busy_note(meta: dict) -> str:
-    """A warning when other processes competed for the cores during the run, else ``""``."""
-    cores = meta["cpu_affinity"] or meta["cpu_count"] or 1
-    loads = [load[0] for load in (meta["load_average_start"], meta["load_average_end"]) if load]
-    if not loads or max(loads) <= cores:
-        return ""
-    return (f"the machine was busy: 1-minute load average up to {max(loads):.1f} on {cores} cores during the run."
-            " Timings are unreliable, multi-threaded zeroskip ones most (its many short parallel operators each"
-            " wait for descheduled threads); rerun on a quiet machine.")
-
-

@@ -5,14 +5,50 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from .targets import TARGET_NETWORK_DENSE_INPUT
+from .report import config_key
+from .settings import Config
+from .targets import TARGET_DENSE_INPUT
 from .workloads.w3 import SPARSE_MODES
 
 
+def _reference(rows: Sequence[dict]) -> list[dict]:
+    """The rows of one configuration, for the panels that show one: quiet, the last heap mode (pinned when
+    it ran), the fewest threads."""
+    if not rows:
+        return []
+    best = min(rows, key=lambda r: (r["load"] == "busy", -config_key(r)[0], r["threads"]))
+    return [r for r in rows if (r["threads"], r["heap"], r["load"]) == (best["threads"], best["heap"], best["load"])]
+
+
+def _label(row: dict) -> str:
+    return Config(row["threads"], row["heap"], row["load"]).label()
+
+
+def _grouped_bars(axes, rows: Sequence[dict], ideal: bool) -> list:
+    """Speed-up bars, one group per case, one bar per configuration (legend); ``ideal`` marks each bar's
+    ideal speed-up. Returns the bars, in ``rows`` order grouped by configuration."""
+    configs = sorted({_label(r): config_key(r) for r in rows}.items(), key=lambda item: item[1])
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    width = 0.8 / len(configs)
+    drawn = []
+    for j, (label, _) in enumerate(configs):
+        chosen = [r for r in rows if _label(r) == label]
+        xs = [cases.index(r["case"]) - 0.4 + width * (j + 0.5) for r in chosen]
+        drawn += list(axes.bar(xs, [r["speedup"] for r in chosen], width, label=label, edgecolor="black",
+                               linewidth=0.4))
+        if ideal:
+            axes.scatter(xs, [r["ideal_speedup"] for r in chosen], color="black", marker="_", s=60, zorder=3,
+                         label="ideal" if j == 0 else None)
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.set_xticks(range(len(cases)), cases, rotation=35, ha="right", fontsize=8)
+    axes.legend(loc="best", fontsize=7, framealpha=0.6)
+    return drawn
+
+
 def render_plot(results: dict) -> bytes | None:
-    """``results.png``: W3 time against density per mode, and the speed-ups of W1, W2 and W4 with
-    their ideal; with W5, a second row: its speed-ups, and the active fraction per stage. ``None``
-    without matplotlib."""
+    """``results.png``: W3 time against density per mode (one configuration), and the speed-ups of W1, W2
+    and W4 with their ideal in every configuration; with W5, a second row: its speed-ups in every
+    configuration, and the active fraction per stage. ``None`` without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -22,7 +58,7 @@ def render_plot(results: dict) -> bytes | None:
     figure = Figure(figsize=(13, 10 if networks else 5), layout="constrained")
     axes = figure.subplots(2 if networks else 1, 2, squeeze=False)
     sweep_axes, bar_axes = axes[0]
-    sweep = [r for r in sections.get("W3", {}).get("rows", []) if r["pattern"] == "blobs"]
+    sweep = _reference([r for r in sections.get("W3", {}).get("rows", []) if r["pattern"] == "blobs"])
     if sweep:
         positions = range(len(sweep))
         for mode in ("dense",) + SPARSE_MODES:
@@ -32,20 +68,14 @@ def render_plot(results: dict) -> bytes | None:
         sweep_axes.set_yscale("log")
         sweep_axes.set_xlabel("pixel density (random blobs)")
         sweep_axes.set_ylabel("ms per frame")
-        sweep_axes.set_title("W3: time per mode against density")
+        sweep_axes.set_title(f"W3: time per mode against density ({_label(sweep[0])})")
         sweep_axes.legend()
     bars = [r for name in ("W1", "W2", "W4") for r in sections.get(name, {}).get("rows", [])]
     if bars:
-        positions = range(len(bars))
-        bar_axes.bar(positions, [r["speedup"] for r in bars], color="tab:blue", label="measured")
-        bar_axes.scatter(positions, [r["ideal_speedup"] for r in bars], color="black", marker="_", s=300,
-                         label="ideal", zorder=3)
-        bar_axes.axhline(1.0, color="grey", linewidth=0.8)
-        bar_axes.set_xticks(list(positions), [r["case"] for r in bars], rotation=35, ha="right", fontsize=8)
+        _grouped_bars(bar_axes, bars, ideal=True)
         bar_axes.set_yscale("log")
         bar_axes.set_ylabel("speed-up over dense")
-        bar_axes.set_title("zeroskip speed-up (auto)")
-        bar_axes.legend(loc="best", framealpha=0.6)
+        bar_axes.set_title("zeroskip speed-up (auto), ideal marked")
     for panel, empty, what in ((sweep_axes, not sweep, "W3"), (bar_axes, not bars, "W1, W2 and W4")):
         if empty:
             panel.text(0.5, 0.5, f"{what} not run", ha="center", va="center")
@@ -59,18 +89,15 @@ def render_plot(results: dict) -> bytes | None:
 
 def _plot_networks(speed_axes, stage_axes, rows: Sequence[dict]) -> None:
     """W5: speed-up per case (unmasked frames hatched), and the active fraction of each stage."""
-    positions = range(len(rows))
-    bars = speed_axes.bar(positions, [r["speedup"] for r in rows], color="tab:green", edgecolor="black", linewidth=0.5)
-    for bar, row in zip(bars, rows):
+    configs = sorted({_label(r): config_key(r) for r in rows}.items(), key=lambda item: item[1])
+    in_bar_order = [r for label, _ in configs for r in rows if _label(r) == label]
+    for bar, row in zip(_grouped_bars(speed_axes, rows, ideal=False), in_bar_order):
         bar.set_hatch("//" if row["input"] == "unmasked" else "")
-    speed_axes.axhline(1.0, color="grey", linewidth=0.8)
-    speed_axes.axhline(TARGET_NETWORK_DENSE_INPUT, color="grey", linewidth=0.8, linestyle=":")
-    speed_axes.set_xticks(list(positions), [r["case"].removeprefix("W5 ") for r in rows], rotation=35, ha="right",
-                          fontsize=8)
+    speed_axes.axhline(TARGET_DENSE_INPUT, color="grey", linewidth=0.8, linestyle=":")
     speed_axes.set_ylabel("speed-up over the dense model")
     speed_axes.set_title("W5: whole networks, batch 1 (hatched: unmasked frames)")
     longest = 1
-    for row in (r for r in rows if r["input"] == "masked"):
+    for row in (r for r in _reference(rows) if r["input"] == "masked"):
         fractions = list(row["stages"].values())
         longest = max(longest, len(fractions))
         stage_axes.plot(range(len(fractions)), fractions, marker="o",

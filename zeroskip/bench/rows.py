@@ -135,7 +135,7 @@ def speed_row(ctx: Context, case: str, conv: nn.Conv2d, inputs: Sequence[torch.T
         "mismatch": mismatch,
         "timings": {name: asdict(t) for name, t in timings.items()},
     }
-    ctx.memory_cases.append((row, each(dense, inputs), each(sparse, inputs)))
+    ctx.queue_memory(row, each(dense, inputs), each(sparse, inputs))
     ctx.log(
         f"  {case:<28} dense {dense_ms:9.2f} ms  zeroskip {sparse_ms:9.2f} ms  {row['speedup']:6.2f}x"
         f"  active {fraction:6.1%}  efficiency {row['efficiency']:.2f}{'' if row['exact'] else '  MISMATCH'}"

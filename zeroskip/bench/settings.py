@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .frames import masked_frames
+from .heap import HEAP_MODES
 
 # The checkout (or site-packages) holding the ``zeroskip`` package.
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,13 @@ class Settings:
         out: directory for ``results.json``, ``results.md`` and ``results.png``.
         workloads: keys of :data:`WORKLOADS` to run, in order.
         quick: the reduced variant (recorded; the other fields already carry its reductions).
-        threads: ``torch.set_num_threads`` for the whole run.
+        threads: thread counts (``torch.set_num_threads``) every workload runs at, on a quiet machine.
+        heaps: heap modes (:data:`~zeroskip.bench.heap.HEAP_MODES`) every workload runs in: ``"default"``
+            (glibc as users get it), ``"pinned"`` (kept warm, for noise control).
+        contention: also run the workloads that have a contention case beside a busy process, at
+            ``contention_threads``.
+        contention_threads: threads beside the busy process; ``None``: torch's default when the run starts.
+        contention_limit_s: the busy process ends by itself after this long, whatever happens to the suite.
         repeats: timed blocks per function.
         min_block_s: a block repeats a call until it lasts at least this long.
         video: the clip W1, W2 and W4 mask (vtest.avi).
@@ -61,7 +68,11 @@ class Settings:
     out: Path = DEFAULT_OUT
     workloads: tuple[str, ...] = ("W1", "W2", "W3", "W4", "W5")
     quick: bool = False
-    threads: int = 2
+    threads: tuple[int, ...] = (1, 2)
+    heaps: tuple[str, ...] = HEAP_MODES
+    contention: bool = True
+    contention_threads: int | None = None
+    contention_limit_s: float = 3600.0
     repeats: int = 11
     min_block_s: float = 0.1
     video: Path | None = None
@@ -92,13 +103,41 @@ class Settings:
         return cls(**{**base, **overrides})
 
 
+@dataclass(frozen=True)
+class Config:
+    """The conditions one workload run is timed in: thread count, heap mode, and whether a busy process
+    competes (``load`` ``"busy"``) or not (``"quiet"``). Recorded in every row."""
+
+    threads: int
+    heap: str
+    load: str = "quiet"
+
+    def label(self) -> str:
+        """``2 threads, default heap, busy``."""
+        return f"{self.threads} thread{'s' * (self.threads > 1)}, {self.heap} heap" + (
+            ", busy" if self.load == "busy" else "")
+
+
 @dataclass
 class Context:
-    """State shared by the workloads of one run."""
+    """State shared by the workloads of one run, and the :class:`Config` the current workload runs in."""
 
     settings: Settings
+    config: Config = Config(1, "pinned")
     memory_cases: list[tuple[dict, Callable[[], None], Callable[[], None]]] = field(default_factory=list)
     _frames: torch.Tensor | None = None
+
+    @property
+    def measures_extras(self) -> bool:
+        """Whether this run also measures what needs one run per thread count (peak memory, which sets
+        the heap itself; the spconv peer): quiet, in the run's last heap mode (pinned when it runs)."""
+        return self.config.load == "quiet" and self.config.heap == self.settings.heaps[-1]
+
+    def queue_memory(self, row: dict, dense: Callable[[], None], sparse: Callable[[], None]) -> None:
+        """Queue ``row``'s case for peak memory, measured after all timing at the row's thread count
+        (when :attr:`measures_extras`)."""
+        if self.measures_extras:
+            self.memory_cases.append((row, dense, sparse))
 
     def frames(self) -> torch.Tensor:
         """The masked benchmark window of the video, ``(frames, 3, H, W)``."""

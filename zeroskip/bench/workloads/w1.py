@@ -15,8 +15,9 @@ def run(ctx: Context) -> dict:
     rows = [speed_row(ctx, f"W1 batch {b}", conv, batched(frames, b, len(frames))) for b in ctx.settings.batches]
     section = {"title": "W1: the original layer on masked vtest frames", "kind": "speed", "rows": rows}
     section["breakdown"] = breakdown(batched(frames, 1, len(frames)), conv, rows[0]["zeroskip_ms"])
-    ctx.log("  breakdown: " + ", ".join(f"{s['step']} {s['share']:.0%}" for s in section["breakdown"].get("steps", [])))
-    if ctx.settings.peer:
+    stages = section["breakdown"].get("stages", [])
+    ctx.log("  breakdown: " + ", ".join(f"{s['stage']} {s['share']:.0%}" for s in stages))
+    if ctx.settings.peer and ctx.measures_extras:
         section["peer"] = spconv_peer(ctx, conv, frames)
     return section
 
