@@ -121,9 +121,10 @@ def _contention(sections: dict[str, dict], threads: int) -> list[dict]:
                               f" {calm['speedup']:.2f}x; {len(here)} cases)"))
         fast = [b for b, c in here if c["speedup"] > TARGET_CONTENTION_FLOOR_ABOVE]
         slowest = min(fast, key=lambda row: row["speedup"], default=None)
+        shown = (f"{slowest['speedup']:.2f}x (worst: {slowest['case']}; {len(fast)} cases)" if slowest else
+                 f"no case above {TARGET_CONTENTION_FLOOR_ABOVE:g}x quietly")
         entries.append(_entry(floor_text, threads, heap, slowest and slowest["speedup"],
-                              bool(slowest) and slowest["speedup"] >= 1.0,
-                              slowest and f"{slowest['speedup']:.2f}x (worst: {slowest['case']}; {len(fast)} cases)"))
+                              bool(slowest) and slowest["speedup"] >= 1.0, shown))
     return entries or [_entry(ratio_text, None, None, None, False), _entry(floor_text, None, None, None, False)]
 
 
