@@ -70,7 +70,10 @@ typedef struct {
     int64_t items;
     int64_t next; /* the next item to take (atomic) */
     /* buffer geometry, shared by every thread */
-    int64_t phase_w, buffer_rows, item_rows, blocks;
+    int64_t phase_w, buffer_rows, item_rows, blocks, chunks;
+    /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
+    float *panels;
+    int *panel_state;
     int failed;
 } exec_job;
 
@@ -171,13 +174,25 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
     }
 }
 
-/* Weights of output channels [m, m + channels) for taps [t0, t0 + taps) into a[taps][MR], rows past
- * `channels` zero. */
-static void pack(const exec_job *job, int64_t m, int64_t channels, int64_t t0, int64_t taps, float *a) {
+/* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][MR] (rows past the
+ * group's output channels zero). Each such panel is packed once per call by whichever thread needs
+ * it first, into memory shared by all; a thread that finds another one packing it packs its own
+ * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
+static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
+    int64_t index = (g * job->blocks + blk) * job->chunks + t0 / KC;
+    int *state = job->panel_state + index;
+    float *a = job->panels + index * KC * MR;
+    int expected = 0;
+    if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
+    if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
+    int64_t m = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
+    int64_t taps = job->k - t0 < KC ? job->k - t0 : KC;
     for (int64_t i = 0; i < MR; i++) {
         const float *w = job->weight + (m + i) * job->k + t0;
         for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[t] : 0.0f;
     }
+    if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
+    return a;
 }
 
 /* Convolve the segments of image b for group g: out = bias + sum over taps of weight x input.
@@ -188,7 +203,7 @@ static void pack(const exec_job *job, int64_t m, int64_t channels, int64_t t0, i
  * leaves nothing to go stale when the weights change in place. Each chunk's partial sums are added into the
  * output (in cache: an item's output rows are small): the rounding error of one long running sum
  * grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
-static void compute(const exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *a,
+static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
                     const segment *segments, int64_t count, int64_t b, int64_t g, int64_t r0) {
     float *out = job->out + b * job->os_b;
     int64_t m0 = g * job->group_out;
@@ -198,7 +213,7 @@ static void compute(const exec_job *job, const float *buffer, const float *zeros
             tap_pointers(job, buffer, zeros, g, segments[n].row, r0, t0, taps, pointers + n * KC);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
             int64_t channels = job->group_out - blk * MR < MR ? job->group_out - blk * MR : MR;
-            pack(job, m0 + blk * MR, channels, t0, taps, a);
+            const float *a = panel(job, g, blk, t0, scratch);
             for (int64_t n = 0; n < count; n++) {
                 const segment *seg = segments + n;
                 for (int64_t p = seg->first; p < seg->last; p += NR) {
@@ -263,12 +278,12 @@ static void *run_items(void *arg) {
     float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats + job->phase_w) * sizeof(float));
     const float **pointers = (const float **)malloc((size_t)(most_segments * KC) * sizeof(float *));
     segment *segments = (segment *)malloc((size_t)most_segments * sizeof(segment));
-    float *a = (float *)malloc(KC * MR * sizeof(float));
-    if (!buffer || !pointers || !segments || !a) {
+    float *scratch = (float *)malloc(KC * MR * sizeof(float));
+    if (!buffer || !pointers || !segments || !scratch) {
         free(buffer);
         free(pointers);
         free(segments);
-        free(a);
+        free(scratch);
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         return NULL;
     }
@@ -284,12 +299,12 @@ static void *run_items(void *arg) {
         int64_t first = segments[0].row, last = segments[count - 1].row;
         int64_t r0 = first * job->stride_h - job->pad_top;
         copy_rows(job, buffer, b, r0, (last - first) * job->stride_h + (job->kh - 1) * job->dil_h + 1);
-        for (int64_t g = 0; g < job->groups; g++) compute(job, buffer, zeros, pointers, a, segments, count, b, g, r0);
+        for (int64_t g = 0; g < job->groups; g++) compute(job, buffer, zeros, pointers, scratch, segments, count, b, g, r0);
     }
     free(buffer);
     free(pointers);
     free(segments);
-    free(a);
+    free(scratch);
     return NULL;
 }
 
@@ -359,6 +374,16 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
     job->item_rows = most;
     job->blocks = (job->group_out + MR - 1) / MR;
+    job->chunks = (job->k + KC - 1) / KC;
+    int64_t count = job->groups * job->blocks * job->chunks;
+    job->panels = (float *)malloc((size_t)(count * KC * MR) * sizeof(float));
+    job->panel_state = (int *)calloc((size_t)count, sizeof(int));
+    if (!job->panels || !job->panel_state) {
+        free(job->panels);
+        free(job->panel_state);
+        free((void *)job->item_image);
+        return 1;
+    }
     job->next = 0;
     job->failed = 0;
     pthread_t workers[MAX_THREADS];
@@ -368,6 +393,8 @@ int zeroskip_execute(exec_job *job, int threads) {
     for (int t = 1; t < threads; t++)
         if (started[t]) pthread_join(workers[t], NULL);
     free((void *)job->item_image);
+    free(job->panels);
+    free(job->panel_state);
     return job->failed;
 }
 

@@ -181,7 +181,9 @@ class _Job(ctypes.Structure):
         ("item_image", _P),
         ("item_start", _P),
         ("item_end", _P),
-        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks".split()],
+        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks".split()],
+        ("panels", _P),
+        ("panel_state", _P),
         ("failed", ctypes.c_int),
     ]
 
