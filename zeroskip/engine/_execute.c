@@ -19,15 +19,21 @@
 
 #if defined(__AVX512F__)
 #define VLEN 16
-#define MR 12
 #elif defined(__AVX__)
 #define VLEN 8
-#define MR 6
 #else
 #define VLEN 4
+#endif
+#ifndef MR
+#if defined(__AVX512F__)
+#define MR 12
+#else
 #define MR 6
 #endif
+#endif
+#ifndef NV
 #define NV 2
+#endif
 #define NR (VLEN * NV)
 #define MAX_THREADS 256
 #ifndef KC
@@ -74,6 +80,9 @@ typedef struct {
     /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
     float *panels;
     int *panel_state;
+    /* per tap (channel in group, ky, kx): input rows below the output row's first, and offset in a
+     * buffer row (channel, stride phase, column) */
+    int64_t *tap_dy, *tap_offset;
     int failed;
 } exec_job;
 
@@ -164,13 +173,11 @@ typedef struct {
  * output column 0 (column c reads c further on); the buffer's first row is input row `r0`. */
 static void tap_pointers(const exec_job *job, const float *buffer, const float *zeros, int64_t g, int64_t o,
                          int64_t r0, int64_t t0, int64_t taps, const float **pointers) {
-    int64_t s = job->stride_w, pw = job->phase_w, area = job->kh * job->kw;
+    int64_t top = o * job->stride_h - job->pad_top, row = job->channels * job->stride_w * job->phase_w;
+    const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
     for (int64_t t = t0; t < t0 + taps; t++) {
-        int64_t ci = g * job->group_in + t / area, ky = t % area / job->kw, kx = t % job->kw;
-        int64_t h = o * job->stride_h - job->pad_top + ky * job->dil_h, tap = kx * job->dil_w;
-        pointers[t - t0] = (h < 0 || h >= job->height)
-                               ? zeros
-                               : buffer + ((h - r0) * job->channels + ci) * s * pw + (tap % s) * pw + tap / s;
+        int64_t h = top + job->tap_dy[t];
+        pointers[t - t0] = (h < 0 || h >= job->height) ? zeros : group + (h - r0) * row + job->tap_offset[t];
     }
 }
 
@@ -378,11 +385,19 @@ int zeroskip_execute(exec_job *job, int threads) {
     int64_t count = job->groups * job->blocks * job->chunks;
     job->panels = (float *)malloc((size_t)(count * KC * MR) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
-    if (!job->panels || !job->panel_state) {
+    job->tap_dy = (int64_t *)malloc((size_t)job->k * 2 * sizeof(int64_t));
+    if (!job->panels || !job->panel_state || !job->tap_dy) {
         free(job->panels);
         free(job->panel_state);
+        free(job->tap_dy);
         free((void *)job->item_image);
         return 1;
+    }
+    job->tap_offset = job->tap_dy + job->k;
+    for (int64_t t = 0, area = job->kh * job->kw; t < job->k; t++) {
+        int64_t ci = t / area, ky = t % area / job->kw, kx = t % job->kw, tap = kx * job->dil_w;
+        job->tap_dy[t] = ky * job->dil_h;
+        job->tap_offset[t] = ci * job->stride_w * job->phase_w + (tap % job->stride_w) * job->phase_w + tap / job->stride_w;
     }
     job->next = 0;
     job->failed = 0;
@@ -395,6 +410,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     free((void *)job->item_image);
     free(job->panels);
     free(job->panel_state);
+    free(job->tap_dy);
     return job->failed;
 }
 

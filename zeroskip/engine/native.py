@@ -184,6 +184,8 @@ class _Job(ctypes.Structure):
         *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks".split()],
         ("panels", _P),
         ("panel_state", _P),
+        ("tap_dy", _P),
+        ("tap_offset", _P),
         ("failed", ctypes.c_int),
     ]
 
