@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _profiler
+from . import _profiler, autograd
 from ._activity import block_any, sampled_density
 from ._alloc import empty_strided
 from ._cost import ImageCosts, choose, image_costs, sparse_can_win
@@ -44,10 +44,6 @@ def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
     ):
         return "mixed dtypes or devices"
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return "autograd"
     return ""
 
 
@@ -231,6 +227,9 @@ def _conv2d(
     g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
     # Checked here, not where the tiles need it, so that a bad value fails on every path.
     tile_size = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else None
+    if autograd.needs_grad(input, weight, bias) and not _dense_reason(input, weight, bias):
+        # Forward sparse, backward dense: the Function calls back here with grad mode off.
+        return autograd.conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size, name, g)
     timed = _profiler.recording()
     start = time.perf_counter() if timed else 0.0
     unbatched = input.dim() == 3
@@ -243,6 +242,8 @@ def _conv2d(
             carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size,
             carry.activity, carry.fill,
         )
+        if carry.mode(mode) != mode:
+            detail = carry.dense_reason
         out = carry.finish(out)
     if unbatched:
         out = out.squeeze(0)
