@@ -19,9 +19,16 @@ pytest.importorskip("matplotlib")
 
 from conftest import BAD_VIDEO_CASES, CLIP_FRAMES, VTEST  # noqa: E402
 
-from zeroskip import cli, video  # noqa: E402
+from zeroskip import cli, machine, video  # noqa: E402
 
 OUTPUTS = ["frames.csv", "report.png", "summary.json"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_machine(monkeypatch):
+    """A quiet machine: the busy warning (tests/test_machine.py) would add a stderr line when other work
+    loads this one."""
+    monkeypatch.setattr(machine, "measure_load", lambda: machine.Load(0.0, 2, "test"))
 
 
 def entry_point() -> list[str]:
