@@ -91,6 +91,7 @@ def test_notes_explain_overall_and_median_and_stop_there_when_faster():
         (_summary(speedup=0.4, median=0.6), BUSY, ["busy", "--threads 1"]),
         (_summary(speedup=0.4, median=0.6, threads=1), machine.Load(2.0, 2, "x"), ["busy", "quiet machine"]),
         (_summary(speedup=0.9, median=1.1, active=0.8, zero=40.0), QUIET, ["too dense", "80%", "40%"]),
+        (_summary(speedup=0.9, median=0.9, active=0.7, zero=95.0, threads=1), QUIET, ["spread out", "70%"]),
         (_summary(speedup=0.8, median=0.8, size=(96, 64)), None, ["small (96x64)", "--size"]),
         (_summary(speedup=0.9, median=0.9), QUIET, ["2 threads", "--threads 1"]),
         (_summary(speedup=0.9, median=0.9, threads=1), QUIET, ["noise"]),

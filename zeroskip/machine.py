@@ -18,6 +18,7 @@ from dataclasses import dataclass
 _BUSY_SLACK = 0.5
 # Below these, a run is "too dense" or "too small" for skipping to pay (see speedup_notes).
 _DENSE_ACTIVE_FRACTION = 0.5
+_SPARSE_INPUT_PERCENT = 80.0
 _SMALL_FRAME_PIXELS = 320 * 240
 
 
@@ -103,8 +104,8 @@ def busy_warning(load: Load, threads: int) -> str | None:
     advice = "try --threads 1, or run on a quiet machine" if threads > 1 else "run it on a quiet machine"
     return (
         f"warning: the machine is busy: other processes use {load.others:.1f} of {load.cores} cores"
-        f" ({load.source}); zeroskip on {threads} threads will wait on them and its timings will be"
-        f" noisy: {advice}"
+        f" ({load.source}); zeroskip on {threads} thread{'s' if threads > 1 else ''} will wait on them and"
+        f" its timings will be noisy: {advice}"
     )
 
 
@@ -137,11 +138,16 @@ def speedup_notes(summary: dict, load: Load | None = None) -> list[str]:
             else f"the machine was busy (other processes used {load.others:.1f} of {load.cores} cores):"
             " run it on a quiet machine"
         )
-    if medians["active_fraction"] > _DENSE_ACTIVE_FRACTION:
+    active, zero = medians["active_fraction"], medians["sparsity_before"]
+    if active > _DENSE_ACTIVE_FRACTION and zero < _SPARSE_INPUT_PERCENT:
         causes.append(
-            f"the input is too dense: zeroskip computed {medians['active_fraction']:.0%} of the dense work"
-            f" ({medians['sparsity_before']:.0f}% of the input was zero); skipping pays when most of each"
-            " frame is exactly zero: try a stricter mask (--subtractor)"
+            f"the input is too dense: {zero:.0f}% of it was zero and zeroskip computed {active:.0%} of the dense"
+            " work; skipping pays when most of each frame is exactly zero: try a stricter mask (--subtractor)"
+        )
+    elif active > _DENSE_ACTIVE_FRACTION:
+        causes.append(
+            f"the non-zero pixels are spread out: {zero:.0f}% of the input was zero, yet every output whose"
+            f" window holds one must be computed, {active:.0%} of the dense work"
         )
     if pixels < _SMALL_FRAME_PIXELS:
         causes.append(
