@@ -54,8 +54,7 @@ def execute(
     field = background if background is not None else _bias_background(bias, out)
     dense = plan.images("dense")
     if plan.native:
-        _execute_native(plan, x, weight, bias, out, field)
-        detail = f"native tile={plan.tile[0]}x{plan.tile[1]}"
+        detail = _execute_native(plan, x, weight, bias, out, field)
     else:
         detail = _execute_torch(plan, x, weight, bias, out, field)
     if dense:
@@ -65,11 +64,12 @@ def execute(
     return detail
 
 
-def _execute_native(plan: Plan, x, weight, bias, out, field: Background) -> None:
+def _execute_native(plan: Plan, x, weight, bias, out, field: Background) -> str:
     g = plan.geometry
     tiles, rows, tile = plan.tiles, plan.rows, plan.tile
-    if any(path == "rows" for path in plan.paths):
-        # Whole active rows: one tile as wide as the output.
+    whole_rows = any(path == "rows" for path in plan.paths)
+    if whole_rows:
+        # The original system's granularity: whole active rows, as one tile as wide as the output.
         tiles, tile = rows.any(1)[:, None, None], (g.out_height, g.out_width)
     skipped = [b for b, path in enumerate(plan.paths) if path in ("fill", "dense")]
     if skipped:
@@ -79,6 +79,9 @@ def _execute_native(plan: Plan, x, weight, bias, out, field: Background) -> None
     core = field.core.to(out.dtype).contiguous()
     native.execute(x, weight, bias, out, g, tiles.to(torch.uint8), tile, rows.to(torch.uint8),
                    (core, field.rows, field.cols))
+    if whole_rows:
+        return f"native rows={int((rows & tiles[:, :, 0]).sum())}"
+    return f"native tiles={int(tiles.sum())} tile={tile[0]}x{tile[1]}"
 
 
 def _execute_torch(plan: Plan, x, weight, bias, out, field: Background) -> str:
