@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,3 +162,27 @@ def test_sample_reads_every_fourth_row_of_tiles():
     assert _check.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
     x[0, 0, 32:40] = 1.0  # the fifth row is sampled: one of two sampled rows of tiles
     assert _check.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]
+
+
+_NO_COMPILER_RUN = """
+import torch, torch.nn.functional as F, zeroskip
+from zeroskip.engine import native
+x = torch.zeros(2, 3, 96, 128)
+x[:, :, 30:50, 40:70] = torch.rand(2, 3, 20, 30)
+weight, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
+for mode in ("auto", "tiles", "rows"):
+    torch.testing.assert_close(zeroskip.conv2d(x, weight, bias, 2, 3, mode=mode), F.conv2d(x, weight, bias, 2, 3))
+print(native.unavailable_reason())
+"""
+
+
+def test_no_compiler_falls_back_and_stays_exact(tmp_path):
+    """A fresh process, as on a machine without a C compiler: CC names none and the cache is empty."""
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("ZEROSKIP_NATIVE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_COMPILER_RUN], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "native engine unavailable" in result.stdout and "using the torch check" in result.stdout
+    assert not list(tmp_path.rglob("*.so"))

@@ -1,6 +1,6 @@
 """Stage 1, check: whether a call can skip anything, and where its input is active.
 
-Cheap reasons first (the call's dtype, layout, autograd, the layer's cost), then a sample of the
+Cheap reasons first (the call's dtype, layout and devices, the layer's cost), then a sample of the
 input (dense frames end here), then the full activity check: which output tiles and which output
 rows have a non-zero value under their receptive field. The native scan answers in one pass; the
 torch check (several reductions) is its fallback.
@@ -33,10 +33,6 @@ def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
     ):
         return "mixed dtypes or devices"
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return "autograd"
     return ""
 
 
