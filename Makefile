@@ -11,22 +11,27 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e '.[video,plot,models,dev]'
+	$(BIN)/pip install $(TORCH_PIN)
+	$(BIN)/pip install -e '.[video,plot,models,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/zeroskip demo
 
+# The differential tests run twice: with the native scan and executor, and with the torch fallback forced.
+FALLBACK_TESTS := tests/test_conv.py tests/test_opinfo.py tests/test_network.py tests/test_fuzz.py
+
 test: $(STAMP)
 	$(BIN)/ruff check zeroskip tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
+	ZEROSKIP_NATIVE=0 $(BIN)/python -m pytest -q -m "not slow" $(FALLBACK_TESTS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 fuzz: $(STAMP)
 	ZEROSKIP_FUZZ=slow $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
+	ZEROSKIP_FUZZ=slow ZEROSKIP_NATIVE=0 $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
 
 bench: $(STAMP)
 	$(BIN)/zeroskip bench

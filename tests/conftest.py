@@ -20,9 +20,15 @@ import torch.nn.functional as F
 from hypothesis import settings
 
 import zeroskip
-import zeroskip._cost
+import zeroskip.engine.cost
 
 VTEST = Path(os.environ.get("ZEROSKIP_VTEST", Path(__file__).resolve().parents[2] / "shared" / "data" / "vtest.avi"))
+# OpenCV's sample clip; README "The sample video".
+VTEST_URL = "https://github.com/opencv/opencv/raw/master/samples/data/vtest.avi"
+VTEST_ABSENT = (
+    f"sample video {VTEST} is absent; fetch it with: curl -L --create-dirs -o {VTEST} {VTEST_URL}"
+    " (or set ZEROSKIP_VTEST to a copy)"
+)
 # ZEROSKIP_FUZZ=1 (make fuzz): every pattern in every grid and many more hypothesis examples.
 FUZZ = bool(os.environ.get("ZEROSKIP_FUZZ"))
 # Frames masked after the MOG subtractor has seen this many frames (it needs a history to work).
@@ -206,18 +212,20 @@ def weights():
 # "auto_eager" is auto with the cost model's fixed and activity-check overheads removed and small tiles, so
 # that the small images of the test grids take the per-image fill/tiles/rows/dense mixes that auto takes
 # on large ones (plain auto sends most of them to dense as too cheap to skip).
-EAGER_COSTS = dict(_NS_FIXED=0.0, _NS_PER_CHECK=0.0, _NS_PER_COPY=0.03, _NS_PER_CALL=0.0, _NS_PER_WEIGHT_BYTE=0.0)
+EAGER_COSTS = dict(
+    _NS_FIXED=0.0, _NS_FIXED_NATIVE=0.0, _NS_PER_CHECK=0.0, _NS_PER_COPY=0.03, _NS_PER_CALL=0.0, _NS_PER_WEIGHT_BYTE=0.0
+)
 
 
 @contextlib.contextmanager
 def eager_costs():
     """The cost model with :data:`EAGER_COSTS`; costs cached per layer are dropped on the way in and out."""
-    zeroskip._cost.image_costs.cache_clear()
+    zeroskip.engine.cost.image_costs.cache_clear()
     try:
-        with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS):
+        with mock.patch.multiple(zeroskip.engine.cost, **EAGER_COSTS):
             yield
     finally:
-        zeroskip._cost.image_costs.cache_clear()
+        zeroskip.engine.cost.image_costs.cache_clear()
 
 EAGER_TILE = (4, 5)
 TEST_MODES = (*zeroskip.MODES, "auto_eager")
@@ -333,7 +341,7 @@ def _masked_vtest(count: int) -> np.ndarray:
 def vtest_frames(request) -> torch.Tensor:
     """A few masked vtest frames, ``(3, 3, 576, 768)`` float32 in [0, 1], cached across runs."""
     if not VTEST.is_file():
-        pytest.skip(f"sample video {VTEST} is absent")
+        pytest.skip(VTEST_ABSENT)
     pytest.importorskip("cv2")
     from zeroskip.masking import frames_to_tensor
 

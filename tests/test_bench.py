@@ -350,7 +350,7 @@ def test_default_run_goes_on_without_torchvision(tmp_path: Path, monkeypatch: py
 
 
 def test_native_executor_is_recorded(monkeypatch: pytest.MonkeyPatch):
-    from zeroskip import _native
+    from zeroskip.engine import native as _native
 
     monkeypatch.setattr(_native, "unavailable_reason", lambda: None)
     assert metadata.native_executor() == "used"

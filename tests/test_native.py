@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zeroskip
-from zeroskip import _native, _tiles
 from zeroskip._geometry import check_conv_args
-from zeroskip._tiles import scan_activity
+from zeroskip.engine import check as _check
+from zeroskip.engine import native as _native
+from zeroskip.engine.check import scan_activity
 
 needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
 
@@ -77,7 +82,7 @@ def test_native_scan_is_exact(
     assert torch.equal(scanned[0], tiles) and torch.equal(scanned[1], rows)
     # The torch check rounds tile windows out to cells: never fewer tiles, the same rows.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_tiles, "scan", lambda *args: None)
+        patch.setattr(_check, "scan", lambda *args: None)
         checked = scan_activity(x, g, tile)
         assert (checked[0] >= tiles).all() and torch.equal(checked[1], rows)
 
@@ -110,7 +115,7 @@ def test_scan_declines_what_it_cannot_read():
 @pytest.mark.parametrize("mode", ["auto", "tiles", "rows"])
 def test_torch_check_fallback_is_exact(monkeypatch, mode):
     """Without the native library (no compiler, ZEROSKIP_NATIVE=0) the torch check serves."""
-    monkeypatch.setattr(_tiles, "scan", lambda *args: None)
+    monkeypatch.setattr(_check, "scan", lambda *args: None)
     x = sparse_input((3, 4, 45, 61), 0.02, torch.float32, "contiguous", 0)
     weight = torch.randn(8, 4, 3, 3)
     bias = torch.randn(8)
@@ -154,6 +159,30 @@ def test_sample_reads_every_fourth_row_of_tiles():
     x = torch.zeros(1, 1, 64, 8)
     x[0, 0, 8:16] = 1.0  # only the second row of 8-row tiles is active: the sample misses it
     g = check_conv_args(x, torch.zeros(1, 1, 1, 1), None, 1, 0, 1, 1)
-    assert _tiles.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
+    assert _check.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
     x[0, 0, 32:40] = 1.0  # the fifth row is sampled: one of two sampled rows of tiles
-    assert _tiles.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]
+    assert _check.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]
+
+
+_NO_COMPILER_RUN = """
+import torch, torch.nn.functional as F, zeroskip
+from zeroskip.engine import native
+x = torch.zeros(2, 3, 96, 128)
+x[:, :, 30:50, 40:70] = torch.rand(2, 3, 20, 30)
+weight, bias = torch.randn(16, 3, 7, 7), torch.randn(16)
+for mode in ("auto", "tiles", "rows"):
+    torch.testing.assert_close(zeroskip.conv2d(x, weight, bias, 2, 3, mode=mode), F.conv2d(x, weight, bias, 2, 3))
+print(native.unavailable_reason())
+"""
+
+
+def test_no_compiler_falls_back_and_stays_exact(tmp_path):
+    """A fresh process, as on a machine without a C compiler: CC names none and the cache is empty."""
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("ZEROSKIP_NATIVE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_COMPILER_RUN], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "native engine unavailable" in result.stdout and "using the torch check" in result.stdout
+    assert not list(tmp_path.rglob("*.so"))

@@ -78,11 +78,12 @@ _CACHE = _BackgroundCache()
 
 @dataclass
 class _Forward:
-    """A sparsified model forward in progress: whether it is known dense, the input shape it
-    carries (``None``: no carry), and whether a convolution of it skipped anything."""
+    """A sparsified model forward in progress: whether it is known dense and why, the input shape
+    it carries (``None``: no carry), and whether a convolution of it skipped anything."""
 
     owner: int  # id() of the model
     dense: bool = False
+    reason: str = ""
     carried: tuple | None = None
     skipped: bool = False
 
@@ -102,9 +103,10 @@ def in_dense_forward() -> bool:
     return bool(_FORWARDS.stack) and _FORWARDS.stack[-1].dense
 
 
-def _mark_dense() -> None:
+def _mark_dense(reason: str) -> None:
     if _FORWARDS.stack:
         _FORWARDS.stack[-1].dense = True
+        _FORWARDS.stack[-1].reason = reason
 
 
 @dataclass
@@ -116,11 +118,14 @@ class ConvCarry:
         activity: uint8 ``(B, H_out, W_out)``, non-zero at output pixels that may differ from
             the background; ``None`` for a plain input in a forward known dense.
         tile_size: tile for the engine when the layer sets none (``None``: the engine's choice).
+        dense_reason: why the forward is known dense, the reason of the calls :meth:`mode` sends
+            to dense.
     """
 
     values: torch.Tensor
     activity: torch.Tensor | None
     tile_size: tuple[int, int] | None
+    dense_reason: str = ""
     _out_activity: torch.Tensor | None = None
     _background: Callable[[], Background] | None = None
     _filled: Background | None = field(default=None)
@@ -130,13 +135,13 @@ class ConvCarry:
         return "dense" if self.activity is None and mode == "auto" else mode
 
     @property
-    def fill(self) -> Callable[[torch.Tensor], None] | None:
-        """What writes the output background into the engine's output before active tiles run."""
-        return None if self.activity is None else self._fill
+    def background(self) -> Callable[[], Background] | None:
+        """What gives the engine the values of the skipped outputs (``None``: the bias)."""
+        return None if self.activity is None else self._take_background
 
-    def _fill(self, out: torch.Tensor) -> None:
+    def _take_background(self) -> Background:
         self._filled = self._background()
-        self._filled.fill(out)
+        return self._filled
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         """The convolution's output, carried on unless the engine ran it densely with most of it active."""
@@ -146,7 +151,7 @@ class ConvCarry:
             _FORWARDS.stack[-1].skipped = True  # the engine filled the background: it skipped work
         if self._filled is None:
             if float(self._out_activity.float().mean()) > _DENSE_CARRY_MAX_ACTIVE:
-                _mark_dense()
+                _mark_dense(f"carry ended: an earlier layer's output was over {_DENSE_CARRY_MAX_ACTIVE:.0%} active")
                 return plain(out)
             self._filled = self._background()
         return wrap(out, self._out_activity, self._filled)
@@ -166,7 +171,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     known dense (4-D inputs only)."""
     carry = carried(input)
     if carry is None or input.dim() != 4:
-        return ConvCarry(input, None, None) if in_dense_forward() else None
+        return ConvCarry(input, None, None, _FORWARDS.stack[-1].reason) if in_dense_forward() else None
     out_activity = dilate(
         carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
     )
@@ -181,7 +186,9 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     def background() -> Background:
         return _CACHE.get(weight, bias, repr(args), carry.background, compute)
 
-    return ConvCarry(plain(input), out_activity[:, 0], _tile_size(g), out_activity, background)
+    return ConvCarry(
+        plain(input), out_activity[:, 0], _tile_size(g), _out_activity=out_activity, _background=background
+    )
 
 
 # A model whose carried forward skipped nothing (every convolution ran densely: too small or too
@@ -207,9 +214,13 @@ def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
             # of the plain input would not skip either.
             memo[shape] = wait - 1
             kind = "dense"
+            forward.reason = (
+                f"a recent forward of this input shape skipped nothing (carry retried every {_RETRY_CARRY_EVERY})"
+            )
         else:
             forward.carried = shape
     forward.dense = kind == "dense"
+    forward.reason = forward.reason or "dense model input"
     return (start(args[0]), *args[1:]) if kind == "sparse" else None
 
 

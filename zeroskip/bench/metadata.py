@@ -25,9 +25,9 @@ def _run_git(*args: str) -> str | None:
 
 def native_executor() -> str:
     """Whether zeroskip's compiled code runs here: ``"used"``, or ``"not used: <why>"``."""
-    from .. import _native
+    from ..engine import native
 
-    reason = _native.unavailable_reason()
+    reason = native.unavailable_reason()
     return "used" if reason is None else f"not used: {reason}"
 
 
