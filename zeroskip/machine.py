@@ -2,7 +2,8 @@
 
 Timings mean little on a busy machine, and zeroskip's many short parallel operators suffer from
 busy cores far more than one long dense convolution does (a waiting thread holds up every
-operator). :func:`measure_load` tells how much CPU other processes use, :func:`busy_warning` turns
+operator). :func:`measure_load` tells how much CPU other processes use (:func:`load_mark` and
+:func:`load_since` over a stretch of work), :func:`busy_warning` turns
 that into one line of advice before timing, and :func:`speedup_notes` explains a run's speed-ups
 after it, with the likely cause and the option to try when zeroskip measured slower than dense.
 """
@@ -64,32 +65,62 @@ def _busy_seconds(cpus: set[int], path: str) -> float | None:
     return busy / tick
 
 
-def measure_load(window: float = 0.3, *, stat_path: str = "/proc/stat") -> Load:
-    """Measure other processes' CPU use on the cores this process may use.
+@dataclass(frozen=True)
+class LoadMark:
+    """A reading to measure other processes' CPU use from, until :func:`load_since` (over a window of
+    work, where :func:`measure_load` measures over a pause)."""
 
-    On Linux: the busy time of those cores in ``/proc/stat`` over ``window`` seconds, less this
-    process's own CPU time. Elsewhere: the 1-minute load average (counts runnable processes,
-    including this one, mostly idle before a run). Where neither exists (Windows): unknown.
+    busy: float | None
+    own: float
+    start: float
+    cpus: frozenset[int]
+    stat_path: str
+
+
+def load_mark(*, stat_path: str = "/proc/stat") -> LoadMark:
+    """Start measuring other processes' CPU use (see :func:`load_since`).
 
     Args:
-        window: seconds to measure over (the call sleeps that long).
         stat_path: the kernel's CPU statistics (a parameter for tests).
     """
-    if window <= 0:
-        raise ValueError(f"`window` must be positive, got {window!r}")
     cores = usable_cores()
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(cores))
-    before, own_before, start = _busy_seconds(cpus, stat_path), time.process_time(), time.perf_counter()
-    if before is not None:
-        time.sleep(window)
-        after = _busy_seconds(cpus, stat_path)
+    cpus = frozenset(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(cores))
+    return LoadMark(_busy_seconds(set(cpus), stat_path), time.process_time(), time.perf_counter(), cpus, stat_path)
+
+
+def load_since(mark: LoadMark) -> Load:
+    """Other processes' CPU use on the cores this process may use, since ``mark``.
+
+    On Linux: the busy time of those cores in ``/proc/stat`` since ``mark``, less this process's own
+    CPU time. Elsewhere: the 1-minute load average (counts runnable processes, including this one).
+    Where neither exists (Windows): unknown.
+    """
+    cores = usable_cores()
+    if mark.busy is not None:
+        after = _busy_seconds(set(mark.cpus), mark.stat_path)
         if after is not None:
-            elapsed = time.perf_counter() - start
-            others = (after - before - (time.process_time() - own_before)) / elapsed
+            elapsed = time.perf_counter() - mark.start
+            others = (after - mark.busy - (time.process_time() - mark.own)) / elapsed
             return Load(min(float(cores), max(0.0, others)), cores, "/proc/stat")
     if hasattr(os, "getloadavg"):
         return Load(min(float(cores), os.getloadavg()[0]), cores, "load average")
     return Load(None, cores, "unavailable")
+
+
+def measure_load(window: float = 0.3, *, stat_path: str = "/proc/stat") -> Load:
+    """Measure other processes' CPU use on the cores this process may use, over ``window`` seconds
+    (the call sleeps that long where ``/proc/stat`` exists; see :func:`load_since`).
+
+    Args:
+        window: seconds to measure over.
+        stat_path: the kernel's CPU statistics (a parameter for tests).
+    """
+    if window <= 0:
+        raise ValueError(f"`window` must be positive, got {window!r}")
+    mark = load_mark(stat_path=stat_path)
+    if mark.busy is not None:
+        time.sleep(window)
+    return load_since(mark)
 
 
 def busy(load: Load, threads: int) -> bool:
