@@ -71,7 +71,7 @@ def run(
         tile = tile_size if tile_size is not None else default_tile_size(g)
         tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
         if activity is None:
-            reason = sampled_reason(x, g, tile, costs) if mode == "auto" else ""
+            reason = sampled_reason(x, g, tile, costs, use_native) if mode == "auto" else ""
             if reason:
                 return _dense(x, weight, bias, padding, g, reason)
             tiles, rows = measure(x, g, tile)

@@ -12,7 +12,7 @@ import torch
 
 from .._activity import cell_activity, row_activity, sampled_density, window_any
 from .._geometry import ConvGeometry, Pair
-from .cost import ImageCosts, choose
+from .cost import ImageCosts, choose, choose_native
 from .native import scan
 
 # Without the native scan: above this sampled pixel density an image is treated as dense
@@ -47,15 +47,23 @@ def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return bool(torch.isfinite(total))
 
 
-def sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts) -> str:
-    """Why a sample of the input already shows that no image can beat dense, or ``""``."""
+def sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts, native: bool) -> str:
+    """Why a sample of the input already shows that no image can beat dense, or ``""``.
+
+    ``native``: the native executor runs the call (its tiles cost what its kernel costs, which on
+    layers of few input channels is less than dense even for a dense image)."""
     estimates = sample_activity(x, g, tile)
     if estimates is None:
         density = sampled_density(x)
         return f"sampled density {density.min().item():.2f}" if bool((density > _DENSE_SAMPLE_DENSITY).all()) else ""
     # The sample can miss activity, and a wrong dense exit costs speed-up: lower it first.
     lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in estimates]
-    if all(choose(costs, t, r)[0] == "dense" for t, r in lowered):
+    if native:
+        # The native path computes active tiles of active rows: at least the smaller of the two.
+        dense = all(choose_native(costs, min(t, r))[0] == "dense" for t, r in lowered)
+    else:
+        dense = all(choose(costs, t, r)[0] == "dense" for t, r in lowered)
+    if dense:
         return f"sampled activity {min(t for t, _ in estimates):.2f}"
     return ""
 
