@@ -42,7 +42,7 @@ def _conv2d(
         out, ran, fraction, detail = engine.run(x, weight, bias, padding, g, mode, tile_size)
     else:
         out, ran, fraction, detail = engine.run(
-            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size,
+            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size,
             carry.activity, carry.background,
         )
         if carry.mode(mode) != mode:

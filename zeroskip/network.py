@@ -117,14 +117,12 @@ class ConvCarry:
         values: the input values, a plain tensor.
         activity: uint8 ``(B, H_out, W_out)``, non-zero at output pixels that may differ from
             the background; ``None`` for a plain input in a forward known dense.
-        tile_size: tile for the engine when the layer sets none (``None``: the engine's choice).
         dense_reason: why the forward is known dense, the reason of the calls :meth:`mode` sends
             to dense.
     """
 
     values: torch.Tensor
     activity: torch.Tensor | None
-    tile_size: tuple[int, int] | None
     dense_reason: str = ""
     _out_activity: torch.Tensor | None = None
     _background: Callable[[], Background] | None = None
@@ -157,21 +155,12 @@ class ConvCarry:
         return wrap(out, self._out_activity, self._filled)
 
 
-def _tile_size(g: ConvGeometry) -> tuple[int, int] | None:
-    """Tiles for a carried input: its activity costs nothing to know, so finer tiles than the
-    engine's (which also amortise measuring it) skip more; 8 x 16 output pixels measured best on
-    ResNet layers at 5-30% activity. Kernels without halo keep the engine's larger tiles."""
-    if g.window[0] <= g.stride[0] and g.window[1] <= g.stride[1]:
-        return None
-    return (min(8, g.out_height), min(16, g.out_width))
-
-
 def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry) -> ConvCarry | None:
     """The carry of a convolution call: ``None`` when ``input`` carries nothing, outside a forward
     known dense (4-D inputs only)."""
     carry = carried(input)
     if carry is None or input.dim() != 4:
-        return ConvCarry(input, None, None, _FORWARDS.stack[-1].reason) if in_dense_forward() else None
+        return ConvCarry(input, None, _FORWARDS.stack[-1].reason) if in_dense_forward() else None
     out_activity = dilate(
         carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
     )
@@ -187,7 +176,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
         return _CACHE.get(weight, bias, repr(args), carry.background, compute)
 
     return ConvCarry(
-        plain(input), out_activity[:, 0], _tile_size(g), _out_activity=out_activity, _background=background
+        plain(input), out_activity[:, 0], _out_activity=out_activity, _background=background
     )
 
 

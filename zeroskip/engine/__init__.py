@@ -68,7 +68,7 @@ def run(
                 reason = "non-finite weights"
         if reason:
             return _dense(x, weight, bias, padding, g, reason)
-        tile = tile_size if tile_size is not None else default_tile_size(g)
+        tile = tile_size if tile_size is not None else default_tile_size(g, activity is not None, use_native)
         tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
         if activity is None:
             reason = sampled_reason(x, g, tile, costs, use_native) if mode == "auto" else ""
