@@ -140,25 +140,24 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
     }
 }
 
-/* acc[m][v] = sum_k A[k, m] * B_k[offset + v * VLEN ...], for MR channels and `vectors` vectors of
- * pixels, B_k = pointers[k]; one vector for the last pixels of a segment, so that a ragged end
- * costs at most one vector of wasted work. */
-static inline void kernel(int64_t k, const float *a, const float *const *pointers, int64_t offset, int vectors,
+/* acc[m][v] = sum_k A[k, m] * B_k[at[v] ...], for MR channels and `vectors` vectors of VLEN pixels,
+ * B_k = pointers[k]. The vectors of one call may come from anywhere in an output row, so that short
+ * or scattered active runs fill the kernel's vectors as well as long ones do. */
+static inline void kernel(int64_t k, const float *a, const float *const *pointers, const int64_t *at, int vectors,
                           vf acc[MR][NV]) {
     for (int i = 0; i < MR; i++)
         for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
     if (vectors == NV) {
         for (int64_t t = 0; t < k; t++, a += MR) {
-            const float *bp = pointers[t] + offset;
             vf b[NV];
-            for (int v = 0; v < NV; v++) b[v] = load(bp + v * VLEN);
+            for (int v = 0; v < NV; v++) b[v] = load(pointers[t] + at[v]);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++)
                 for (int v = 0; v < NV; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
         }
     } else {
         for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b = load(pointers[t] + offset);
+            vf b = load(pointers[t] + at[0]);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++) acc[i][0] += a[i] * b;
         }
@@ -166,20 +165,10 @@ static inline void kernel(int64_t k, const float *a, const float *const *pointer
 }
 
 typedef struct {
-    int64_t row, first, last; /* output row, columns [first, last) */
-} segment;
-
-/* Pointers to the input values under taps [t0, t0 + taps) of group g for output row `o`, as read by
- * output column 0 (column c reads c further on); the buffer's first row is input row `r0`. */
-static void tap_pointers(const exec_job *job, const float *buffer, const float *zeros, int64_t g, int64_t o,
-                         int64_t r0, int64_t t0, int64_t taps, const float **pointers) {
-    int64_t top = o * job->stride_h - job->pad_top, row = job->channels * job->stride_w * job->phase_w;
-    const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
-    for (int64_t t = t0; t < t0 + taps; t++) {
-        int64_t h = top + job->tap_dy[t];
-        pointers[t - t0] = (h < 0 || h >= job->height) ? zeros : group + (h - r0) * row + job->tap_offset[t];
-    }
-}
+    int64_t row;                /* the output row's index among the item's computed rows */
+    int64_t at[NV], cols[NV];   /* per vector: first output column and columns used (0: unused) */
+    int vectors;
+} pixel_block;
 
 /* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][MR] (rows past the
  * group's output channels zero). Each such panel is packed once per call by whichever thread needs
@@ -202,45 +191,55 @@ static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, flo
     return a;
 }
 
-/* Convolve the segments of image b for group g: out = bias + sum over taps of weight x input.
+/* Pointers to the input values under taps [t0, t0 + taps) of group g for output row `o`, as read by
+ * output column 0 (column c reads c further on); the buffer's first row is input row `r0`. */
+static void tap_pointers(const exec_job *job, const float *buffer, const float *zeros, int64_t g, int64_t o,
+                         int64_t r0, int64_t t0, int64_t taps, const float **pointers) {
+    int64_t top = o * job->stride_h - job->pad_top, row = job->channels * job->stride_w * job->phase_w;
+    const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
+    for (int64_t t = t0; t < t0 + taps; t++) {
+        int64_t h = top + job->tap_dy[t];
+        pointers[t - t0] = (h < 0 || h >= job->height) ? zeros : group + (h - r0) * row + job->tap_offset[t];
+    }
+}
+
+/* Convolve the pixel blocks of image b for group g: out = bias + sum over taps of weight x input.
+ * `rows` lists the output rows the blocks index.
  *
  * Taps go in chunks of KC and output channels in blocks of MR: one block's weights for one chunk
- * are packed (KC x MR, in L1) and read by every segment of the item, so the weights are read from
- * memory once per item, not once per pixel block; packing them here, not once per weight tensor,
- * leaves nothing to go stale when the weights change in place. Each chunk's partial sums are added into the
- * output (in cache: an item's output rows are small): the rounding error of one long running sum
- * grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
+ * are packed (KC x MR, in L1) and read by every pixel block of the item, so the weights are read
+ * from memory once per item, not once per pixel block. Each chunk's partial sums are added into
+ * the output (in cache: an item's output rows are small): the rounding error of one long running
+ * sum grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
 static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
-                    const segment *segments, int64_t count, int64_t b, int64_t g, int64_t r0) {
+                    const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
+                    int64_t g, int64_t r0) {
     float *out = job->out + b * job->os_b;
     int64_t m0 = g * job->group_out;
     for (int64_t t0 = 0; t0 < job->k; t0 += KC) {
         int64_t taps = job->k - t0 < KC ? job->k - t0 : KC;
-        for (int64_t n = 0; n < count; n++)
-            tap_pointers(job, buffer, zeros, g, segments[n].row, r0, t0, taps, pointers + n * KC);
+        for (int64_t r = 0; r < row_count; r++)
+            tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * KC);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
             int64_t channels = job->group_out - blk * MR < MR ? job->group_out - blk * MR : MR;
             const float *a = panel(job, g, blk, t0, scratch);
             for (int64_t n = 0; n < count; n++) {
-                const segment *seg = segments + n;
-                for (int64_t p = seg->first; p < seg->last; p += NR) {
-                    vf acc[MR][NV];
-                    int64_t cols = seg->last - p < NR ? seg->last - p : NR;
-                    kernel(taps, a, pointers + n * KC, p, cols > VLEN * (NV - 1) ? NV : 1, acc);
-                    for (int64_t i = 0; i < channels; i++) {
-                        int64_t m = m0 + blk * MR + i;
-                        float *dst = out + m * job->os_c + seg->row * job->os_h + p * job->os_w;
-                        float tmp[NR];
-                        if (cols == NR && job->os_w == 1) {
-                            for (int v = 0; v < NV; v++) {
-                                vf before = t0 ? load(dst + v * VLEN) : (vf){0} + (job->bias ? job->bias[m] : 0.0f);
-                                store(dst + v * VLEN, before + acc[i][v]);
-                            }
+                const pixel_block *q = blocks + n;
+                vf acc[MR][NV];
+                kernel(taps, a, pointers + q->row * KC, q->at, q->vectors, acc);
+                for (int64_t i = 0; i < channels; i++) {
+                    int64_t m = m0 + blk * MR + i;
+                    float first = job->bias ? job->bias[m] : 0.0f; /* what the first chunk adds to */
+                    for (int v = 0; v < q->vectors; v++) {
+                        float *dst = out + m * job->os_c + rows[q->row] * job->os_h + q->at[v] * job->os_w;
+                        if (q->cols[v] == VLEN && job->os_w == 1) {
+                            store(dst, (t0 ? load(dst) : (vf){0} + first) + acc[i][v]);
                             continue;
                         }
-                        for (int v = 0; v < NV; v++) store(tmp + v * VLEN, acc[i][v]);
-                        for (int64_t c = 0; c < cols; c++)
-                            dst[c * job->os_w] = (t0 ? dst[c * job->os_w] : (job->bias ? job->bias[m] : 0.0f)) + tmp[c];
+                        float tmp[VLEN];
+                        store(tmp, acc[i][v]);
+                        for (int64_t c = 0; c < q->cols[v]; c++)
+                            dst[c * job->os_w] = (t0 ? dst[c * job->os_w] : first) + tmp[c];
                     }
                 }
             }
@@ -248,10 +247,13 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
     }
 }
 
-/* The output rows [o0, o1) of image b: background where no active tile is, convolution where one
- * is. Returns the segments to compute. */
-static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, segment *segments) {
+/* The output rows [o0, o1) of image b: background where no active tile is; where one is, the
+ * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors.
+ * Returns the number of blocks. */
+static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t *rows, int64_t *row_count,
+                         pixel_block *blocks) {
     int64_t count = 0;
+    *row_count = 0;
     for (int64_t o = o0; o < o1; o++) {
         if (job->rows && !job->rows[b * job->out_h + o]) {
             fill(job, b, o, 0, job->out_w);
@@ -259,6 +261,7 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
         int64_t done = 0; /* columns [0, done) are written or planned */
+        pixel_block *open = NULL; /* a block of this row with a vector left */
         for (int64_t j = 0; j < job->tiles_j;) {
             if (!tiles[j]) {
                 j++;
@@ -266,13 +269,24 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             }
             int64_t end = j;
             while (end < job->tiles_j && tiles[end]) end++;
-            segment seg = {o, j * job->tile_w, end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w};
-            fill(job, b, o, done, seg.first);
-            segments[count++] = seg;
-            done = seg.last;
+            int64_t first = j * job->tile_w, last = end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w;
+            fill(job, b, o, done, first);
+            rows[*row_count] = o;
+            for (int64_t c = first; c < last; c += VLEN) {
+                if (!open) {
+                    open = blocks + count++;
+                    open->row = *row_count;
+                    open->vectors = 0;
+                }
+                open->at[open->vectors] = c;
+                open->cols[open->vectors] = last - c < VLEN ? last - c : VLEN;
+                if (++open->vectors == NV) open = NULL;
+            }
+            done = last;
             j = end;
         }
         fill(job, b, o, done, job->out_w);
+        if (done) ++*row_count; /* the row has blocks (its active columns end after column 0) */
     }
     return count;
 }
@@ -280,16 +294,17 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
 static void *run_items(void *arg) {
     exec_job *job = (exec_job *)arg;
     int64_t row_floats = job->channels * job->stride_w * job->phase_w;
-    /* At most one segment per two tiles of a row (runs are separated by inactive tiles). */
-    int64_t most_segments = job->item_rows * (job->tiles_j / 2 + 1);
+    int64_t most_blocks = job->item_rows * ((job->out_w + VLEN - 1) / VLEN / NV + 1);
     float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats + job->phase_w) * sizeof(float));
-    const float **pointers = (const float **)malloc((size_t)(most_segments * KC) * sizeof(float *));
-    segment *segments = (segment *)malloc((size_t)most_segments * sizeof(segment));
+    const float **pointers = (const float **)malloc((size_t)(job->item_rows * KC) * sizeof(float *));
+    pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
+    int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
     float *scratch = (float *)malloc(KC * MR * sizeof(float));
-    if (!buffer || !pointers || !segments || !scratch) {
+    if (!buffer || !pointers || !blocks || !rows || !scratch) {
         free(buffer);
         free(pointers);
-        free(segments);
+        free(blocks);
+        free(rows);
         free(scratch);
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         return NULL;
@@ -299,18 +314,19 @@ static void *run_items(void *arg) {
     for (;;) {
         int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->items) break;
-        int64_t b = job->item_image[item];
-        int64_t count = plan_rows(job, b, job->item_start[item], job->item_end[item], segments);
+        int64_t b = job->item_image[item], row_count;
+        int64_t count = plan_rows(job, b, job->item_start[item], job->item_end[item], rows, &row_count, blocks);
         if (!count) continue;
-        /* The input rows under the item's segments, copied once for all of them. */
-        int64_t first = segments[0].row, last = segments[count - 1].row;
-        int64_t r0 = first * job->stride_h - job->pad_top;
-        copy_rows(job, buffer, b, r0, (last - first) * job->stride_h + (job->kh - 1) * job->dil_h + 1);
-        for (int64_t g = 0; g < job->groups; g++) compute(job, buffer, zeros, pointers, scratch, segments, count, b, g, r0);
+        /* The input rows under the item's computed rows, copied once for all of them. */
+        int64_t r0 = rows[0] * job->stride_h - job->pad_top;
+        copy_rows(job, buffer, b, r0, (rows[row_count - 1] - rows[0]) * job->stride_h + (job->kh - 1) * job->dil_h + 1);
+        for (int64_t g = 0; g < job->groups; g++)
+            compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0);
     }
     free(buffer);
     free(pointers);
-    free(segments);
+    free(blocks);
+    free(rows);
     free(scratch);
     return NULL;
 }
