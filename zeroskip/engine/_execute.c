@@ -10,12 +10,14 @@
  * im2col copy), with the weights as A and the output as C.
  *
  * Built by zeroskip/engine/native.py with the system C compiler and called through ctypes (which
- * releases the GIL); zeroskip runs its torch executor wherever this is not built.
+ * releases the GIL); zeroskip runs its torch executor wherever this is not built. Threads: see
+ * _parallel.h.
  */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_parallel.h"
 
 #if defined(__AVX512F__)
 #define VLEN 16
@@ -417,12 +419,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     }
     job->next = 0;
     job->failed = 0;
-    pthread_t workers[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&workers[t], NULL, run_items, job) == 0;
-    run_items(job);
-    for (int t = 1; t < threads; t++)
-        if (started[t]) pthread_join(workers[t], NULL);
+    parallel(run_items, job, threads);
     free((void *)job->item_image);
     free(job->panels);
     free(job->panel_state);

@@ -29,7 +29,10 @@ import torch
 from .._geometry import ConvGeometry, Pair
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c"))
-_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+_HEADERS = (Path(__file__).with_name("_parallel.h"),)
+_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
+# Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
+_THREAD_FLAGS = (["-fopenmp"], ["-pthread"])
 _ELEMENT_SIZES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
 # Below this many input bytes, starting a second thread for the scan costs more than it saves.
 _PARALLEL_MIN_BYTES = 1 << 20
@@ -59,7 +62,7 @@ def _cpu_signature() -> bytes:
 def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     digest = hashlib.sha256(
-        b"".join(source.read_bytes() for source in _SOURCES)
+        b"".join(source.read_bytes() for source in (*_SOURCES, *_HEADERS))
         + " ".join([str(compiler), *_FLAGS, platform.machine()]).encode()
         + _cpu_signature()
     ).hexdigest()[:16]
@@ -73,9 +76,13 @@ def _build() -> ctypes.CDLL:
         os.close(handle)
         start = time.perf_counter()
         try:
-            subprocess.run(
-                [compiler, *_FLAGS, *map(str, _SOURCES), "-o", partial], check=True, capture_output=True, timeout=120
-            )
+            for threads in _THREAD_FLAGS:
+                command = [compiler, *_FLAGS, *threads, *map(str, _SOURCES), "-o", partial]
+                done = subprocess.run(command, capture_output=True, timeout=120)
+                if done.returncode == 0:
+                    break
+            else:
+                raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
             os.replace(partial, target)
         finally:
             if os.path.exists(partial):
