@@ -296,7 +296,8 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
 static void *run_items(void *arg) {
     exec_job *job = (exec_job *)arg;
     int64_t row_floats = job->channels * job->stride_w * job->phase_w;
-    int64_t most_blocks = job->item_rows * ((job->out_w + VLEN - 1) / VLEN / NV + 1);
+    /* A row's active runs (at most one per two tiles) take a vector per VLEN columns begun. */
+    int64_t most_blocks = job->item_rows * (job->out_w / VLEN + (job->tiles_j + 1) / 2 + 1);
     float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats + job->phase_w) * sizeof(float));
     const float **pointers = (const float **)malloc((size_t)(job->item_rows * KC) * sizeof(float *));
     pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
