@@ -23,7 +23,7 @@ from .execute import execute
 from .output import new_output
 from .plan import Plan, carried_maps, default_tile_size, make_plan
 
-__all__ = ["Plan", "run"]
+__all__ = ["Plan", "dense_reason", "run"]
 
 
 def _dense(x, weight, bias, padding, g: ConvGeometry, reason: str):
@@ -57,7 +57,7 @@ def run(
         them), the fraction of the output computed, and the plan detail (or the dense reason).
     """
     with record_function("zeroskip::check"):
-        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias)
+        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias, g)
         if not reason:
             use_native = native.executes(x, weight)
             costs = image_costs(g, x.element_size(), activity is None)

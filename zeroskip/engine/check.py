@@ -15,6 +15,7 @@ from .._geometry import ConvGeometry, Pair
 from .cost import ImageCosts, choose, choose_native
 from .native import scan
 
+_REDUCED = (torch.bfloat16, torch.float16)
 # Without the native scan: above this sampled pixel density an image is treated as dense
 # without a full activity check.
 _DENSE_SAMPLE_DENSITY = 0.5
@@ -22,7 +23,7 @@ _DENSE_SAMPLE_DENSITY = 0.5
 _SAMPLE_MARGIN = 0.1
 
 
-def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> str:
     """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
     if x.shape[0] == 0 or x.numel() == 0:
         return "empty input"
@@ -33,6 +34,11 @@ def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
     ):
         return "mixed dtypes or devices"
+    if x.dtype in _REDUCED and x.device.type == "cpu" and g.dilation != (1, 1):
+        # PyTorch 2.14's CPU kernels for these give wrong values (and read outside the input) on some
+        # dilated geometries, differently for a padded call and for the same call on a pre-padded
+        # patch: only the dense call itself returns what dense returns.
+        return f"dilated {x.dtype} on CPU"
     return ""
 
 
