@@ -232,7 +232,9 @@ def _per_stream(axes, streams: Sequence[dict], series: Sequence[tuple[str, Seque
         axes.set_xlabel(f"{len(streams)} streams, sorted by {series[0][0]}")
         axes.set_ylabel(unit)
     if len(series) > 1:
-        axes.legend()
+        if len(streams) <= _NAMED_STREAMS:
+            axes.margins(x=0.45)  # room on the right for the legend (bars are stuck to 0 on the left)
+        axes.legend(loc="upper right", fontsize=8)
 
 
 def streams_figure(summary: dict, sample: tuple[str, int, np.ndarray] | None, model: nn.Module):

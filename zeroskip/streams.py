@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from math import isnan, nan
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -557,3 +558,32 @@ def run(
         raise
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def format_summary(summary: dict) -> str:
+    """The short table printed at the end of a many-stream run."""
+    totals, settings, stages = summary["totals"], summary["settings"], summary["stages"]
+    where = f"Ray, {settings['workers']} workers" if settings.get("ray") else "in process"
+    lines = [
+        f"{totals['frames']} frames of {totals['streams']} streams in {totals['batches']} batches of up to"
+        f" {settings['batch_size']} ({where}); model {settings['model']}, mode {settings['mode']},"
+        f" subtractor {settings['subtractor']}, torch threads: {summary['environment']['torch_threads']}",
+        f"{totals['frames_per_s'] or 0:.1f} frames/s over {totals['wall_s']:.2f} s",
+    ]
+    if totals["t_orig"] is not None and totals["t_sparse"] is not None:
+        lines.append(
+            f"model time: dense {totals['t_orig']:.3f} s, zeroskip {totals['t_sparse']:.3f} s,"
+            f" speed-up {summary['speedup'] or float('nan'):.2f}x"
+        )
+    if summary["max_abs_err"] is not None:
+        agreement = "every stream agrees with dense" if summary["outputs_agree"] else "DIFFERS from dense"
+        lines.append(f"max |zeroskip - dense|: {summary['max_abs_err']:.3g} ({agreement})")
+    parts = [(key.removesuffix("_s").replace("_", " "), value) for key, value in stages.items() if value is not None]
+    lines.append("time per stage (s): " + ", ".join(f"{name} {value:.2f}" for name, value in parts))
+    for stream in summary["streams"]:
+        if stream["status"] == "failed":
+            lines.append(f"stream {stream['name']} FAILED after {stream['frames']} frames: {stream['error']}")
+    lines.extend(f"wrote {path}" for name, path in summary["outputs"].items() if "/" not in name)
+    if summary["outputs"]:
+        lines.append(f"wrote {totals['streams']} frames.csv under {Path(summary['outputs']['summary.json']).parent}")
+    return "\n".join(lines)

@@ -357,12 +357,12 @@ class ModelRun:
         reference = dense if self.y_dense is not None else sparse
         pairs = list(zip(sparse, dense))
         error = max((float((a - b).abs().max()) for a, b in pairs if b.numel()), default=0.0) if pairs else nan
-        zeros = sum(int((b == 0).sum()) for b in reference)
+        zeros = sum(b.numel() - int(torch.count_nonzero(b)) for b in reference)
         t_sparse, t_orig = share * self.t_sparse, share * self.t_orig
         return BatchResult(
             batch=self.index,
             frames=x.shape[0],
-            sparsity_before=100.0 * float((x == 0).float().mean()),
+            sparsity_before=100.0 * (1.0 - int(torch.count_nonzero(x)) / max(1, x.numel())),
             sparsity_after=100.0 * zeros / max(1, sum(b.numel() for b in reference)),
             t_sparse=t_sparse,
             t_orig=t_orig,
