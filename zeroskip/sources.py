@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .video import VideoInfo, open_capture, open_video
+from . import video
+from .video import VideoInfo
 
 VIDEO_SUFFIXES = frozenset(
     (".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".mjpeg")
@@ -54,11 +55,11 @@ class Source:
             ValueError: the source cannot be opened or has no decodable frame.
         """
         if isinstance(self.target, int):
-            return open_capture(self.target, self.text, "source")
+            return video.open_capture(self.target, self.text, "source")
         if isinstance(self.target, str):
             if "://" in self.target:
-                return open_capture(self.target, self.text, "source")
-            return open_video(self.target)
+                return video.open_capture(self.target, self.text, "source")
+            return video.open_video(self.target)
         return iter(self.target), None
 
 
@@ -104,7 +105,10 @@ def _expand(text: str, inside_list: bool) -> list[str | int]:
             raise ValueError(f"`sources` must be readable, got directory {text!r} ({error.strerror})") from None
         if not entries:
             suffixes = ", ".join(sorted(VIDEO_SUFFIXES))
-            raise ValueError(f"`sources` directories must hold video files ({suffixes}), got {text!r}")
+            raise ValueError(
+                f"`sources` must be videos or directories of videos, got {text!r} (a directory) without a video"
+                f" file ({suffixes})"
+            )
         return [str(p) for p in entries]
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         if inside_list:

@@ -176,7 +176,11 @@ class _Prefetch:
         with self._cond:
             while True:
                 self._gather(batch, batch_size)
-                live = any(not s.done or s.buffer for s in self.streams)
+                # Streams that may still add to this batch: those whose next frame has its size.
+                shape = batch[0][2].shape if batch else None
+                live = any(
+                    (s.buffer[0][1].shape == shape or shape is None) if s.buffer else not s.done for s in self.streams
+                )
                 if len(batch) == batch_size or not live:
                     break
                 now = time.perf_counter()
@@ -194,6 +198,8 @@ class _Prefetch:
         return batch, finished
 
     def _gather(self, batch: list, batch_size: int) -> None:
+        """Add ready frames to ``batch``, one per stream in turn, starting one stream further on
+        each call; only frames of the batch's size (its first frame's), since cameras may differ."""
         count = len(self.streams)
         start, self._next = self._next, (self._next + 1) % count
         took = True
@@ -202,10 +208,13 @@ class _Prefetch:
             for offset in range(count):
                 number = (start + offset) % count
                 stream = self.streams[number]
-                if stream.buffer and len(batch) < batch_size:
-                    batch.append((number, *stream.buffer.popleft()))
-                    self._submit(stream)
-                    took = True
+                if not stream.buffer or len(batch) == batch_size:
+                    continue
+                if batch and stream.buffer[0][1].shape != batch[0][2].shape:
+                    continue
+                batch.append((number, *stream.buffer.popleft()))
+                self._submit(stream)
+                took = True
 
     def close(self) -> None:
         self._stop.set()
