@@ -61,6 +61,14 @@ class BatchDone:
 
 
 @dataclass
+class Progress:
+    """``frames`` more frames of stream ``name`` went through (fewer, if negative: a dead Ray worker's)."""
+
+    name: str
+    frames: int
+
+
+@dataclass
 class StreamDone:
     """A stream ended (``error`` is ``None``) or failed; every row of it was sent before."""
 
@@ -244,10 +252,11 @@ def process(
     max_wait: float = 0.5,
     on_frame: Callable[[str, int, np.ndarray, list[torch.Tensor]], None] | None = None,
     worker: int | None = None,
-) -> Iterator[BatchDone | StreamDone | EngineDone]:
+) -> Iterator[BatchDone | Progress | StreamDone | EngineDone]:
     """Run ``sources`` through the models, batching frames across streams; yields what happens.
 
-    Every stream's rows come before its :class:`StreamDone`; :class:`EngineDone` comes last.
+    Each :class:`BatchDone` is followed by a :class:`Progress` per stream in it; every stream's rows
+    come before its :class:`StreamDone`; :class:`EngineDone` comes last.
 
     Args:
         sources: the streams (unique names).
@@ -268,7 +277,10 @@ def process(
         while True:
             batch, finished = prefetch.take(settings.batch_size, max_wait)
             if batch:
-                yield _run_batch(index, batch, prefetch.streams, dense, sparse, on_frame, worker)
+                done = _run_batch(index, batch, prefetch.streams, dense, sparse, on_frame, worker)
+                yield done
+                for name, row in done.rows:
+                    yield Progress(name, row.frames)
                 index += 1
             for stream in finished:
                 info = asdict(stream.info) if stream.info is not None else None
@@ -358,17 +370,21 @@ class _Collector:
         self.sample: tuple[str, int, np.ndarray] | None = None
         self.outputs, self.progress = outputs, progress
         self.start = time.perf_counter()
+        self.first_result_s: float | None = None
 
-    def add(self, event: BatchDone | StreamDone | EngineDone) -> None:
-        if isinstance(event, BatchDone):
+    def add(self, event: BatchDone | Progress | StreamDone | EngineDone) -> None:
+        if isinstance(event, Progress):
+            if self.first_result_s is None:
+                self.first_result_s = time.perf_counter() - self.start
+            if self.progress is not None:
+                self.progress(event.name, event.frames)
+        elif isinstance(event, BatchDone):
             self.stages["check"] += event.check_s
             start = time.perf_counter()
             for name, row in event.rows:
                 self.rows[name].append(row)
                 if self.outputs is not None:
                     self.outputs.add_row(row, f"{name}/frames.csv")
-                if self.progress is not None:
-                    self.progress(name, row.frames)
             self.stages["write"] += time.perf_counter() - start
             rows = [row for _, row in event.rows]
             self.batches.append({
@@ -440,6 +456,8 @@ class _Collector:
                 "t_orig": _number(t_orig),
                 "wall_s": wall,
                 "frames_per_s": frames / wall if wall > 0 else None,
+                # Start-up (models built, Ray actors started, first batch) is in the wall time.
+                "first_result_s": self.first_result_s,
             },
             "speedup": _ratio(t_orig, t_sparse),
             "max_abs_err": max(errors) if errors else None,
@@ -472,7 +490,7 @@ def run(
     prefetch_threads: int = 2,
     max_wait: float = 0.5,
     on_frame: Callable[[str, int, np.ndarray, list[torch.Tensor]], None] | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[str, int], None] = False,
     ray: str | None = None,
     workers: int = 2,
 ) -> dict:
@@ -490,7 +508,9 @@ def run(
         max_wait: seconds a started batch waits for more frames before it leaves part-full.
         on_frame: called with ``(stream name, frame number, masked frame, output tensors)`` for
             every frame, in order within each stream (not under Ray).
-        progress: show a progress bar on stderr (when stderr is a terminal).
+        progress: ``True`` to show a progress bar on stderr (when stderr is a terminal), or a
+            callable given ``(stream name, frames)`` as frames go through (negative when a dead
+            Ray worker's frames are dropped, to be run again).
         ray: ``None`` to run in this process; ``"local"`` for a local Ray instance (or the one
             already initialised), or the address of a Ray cluster.
         workers: Ray actors to shard the streams over.
@@ -531,8 +551,15 @@ def run(
         counts = [len(s.target) if isinstance(s.target, Sized) and not isinstance(s.target, str) else None
                   for s in streams]
         total = None if None in counts else sum(min(c, settings.max_frames or c) for c in counts)
-        bar = tqdm(total=total, unit="frame", desc="zeroskip", file=sys.stderr, disable=None if progress else True)
-        collector = _Collector(streams, outputs, lambda name, frames: bar.update(frames))
+        # disable=None: a bar on a terminal, nothing in logs and pipes.
+        bar = tqdm(
+            total=total, unit="frame", desc="zeroskip", file=sys.stderr, disable=None if progress is True else True
+        )
+
+        def advance(name: str, frames: int) -> None:
+            bar.update(frames)
+
+        collector = _Collector(streams, outputs, progress if callable(progress) else advance)
         if ray is None:
             events = process(
                 streams, settings, dense, sparse, prefetch_threads=prefetch_threads, max_wait=max_wait,
