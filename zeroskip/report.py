@@ -118,7 +118,7 @@ def _per_batch(axes, batches: Sequence[int], series: Sequence[tuple[str, Sequenc
         width = 0.8 / len(series)
         for k, (label, values) in enumerate(series):
             bar = axes.bar(batches[0] + (k - (len(series) - 1) / 2) * width, values[0], width, label=label)
-            axes.bar_label(bar, fmt="%.3g", fontsize=8)
+            axes.bar_label(bar, fmt=lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}", fontsize=8)
         axes.set_xticks([batches[0]])
     else:
         for label, values in series:
@@ -281,6 +281,7 @@ def streams_figure(summary: dict, sample: tuple[str, int, np.ndarray] | None, mo
     shown = [(label, summary["stages"][key]) for key, label in labels.items() if summary["stages"].get(key) is not None]
     bars = stages.barh(range(len(shown)), [v for _, v in shown], color=["tab:gray"] * (len(shown) - 1) + ["tab:blue"])
     stages.bar_label(bars, fmt="%.2f s", fontsize=8)
+    stages.margins(x=0.15)  # room for the last label
     stages.set_yticks(range(len(shown)), [label for label, _ in shown])
     stages.invert_yaxis()
     stages.set(title="time per stage (decode and subtraction overlap the model: other threads)", xlabel="s")

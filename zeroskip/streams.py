@@ -606,7 +606,7 @@ def format_summary(summary: dict) -> str:
         f" subtractor {settings['subtractor']}, torch threads: {summary['environment']['torch_threads']}",
         f"{totals['frames_per_s'] or 0:.1f} frames/s over {totals['wall_s']:.2f} s",
     ]
-    if totals["t_orig"] is not None and totals["t_sparse"] is not None:
+    if totals["frames"] and totals["t_orig"] is not None and totals["t_sparse"] is not None:
         lines.append(
             f"model time: dense {totals['t_orig']:.3f} s, zeroskip {totals['t_sparse']:.3f} s,"
             f" speed-up {summary['speedup'] or float('nan'):.2f}x"
