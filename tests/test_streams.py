@@ -14,7 +14,7 @@ pytest.importorskip("cv2")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
-from conftest import CLIP_FRAMES  # noqa: E402
+from conftest import CLIP_FRAMES, failing_write  # noqa: E402
 
 from zeroskip import streams, video  # noqa: E402
 from zeroskip.masking import BackgroundMasker, frames_to_tensor  # noqa: E402
@@ -179,11 +179,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch, error):
 def test_report_failure_leaves_nothing(tmp_path, monkeypatch):
     import zeroskip.report
 
-    def failing(path, *args):
-        path.write_bytes(b"partial")
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(zeroskip.report, "write_streams_report", failing)
+    monkeypatch.setattr(zeroskip.report, "write_streams_report", failing_write)
     with pytest.raises(OSError):
         streams.run([Source(n, clip(2, 1), n) for n in "ab"], video.Settings(batch_size=2), tmp_path / "out")
     assert files(tmp_path) == []
