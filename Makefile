@@ -18,15 +18,20 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/zeroskip demo
 
+# The differential tests run twice: with the native scan and executor, and with the torch fallback forced.
+FALLBACK_TESTS := tests/test_conv.py tests/test_opinfo.py tests/test_network.py tests/test_fuzz.py
+
 test: $(STAMP)
 	$(BIN)/ruff check zeroskip tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
+	ZEROSKIP_NATIVE=0 $(BIN)/python -m pytest -q -m "not slow" $(FALLBACK_TESTS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 fuzz: $(STAMP)
 	ZEROSKIP_FUZZ=slow $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
+	ZEROSKIP_FUZZ=slow ZEROSKIP_NATIVE=0 $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
 
 bench: $(STAMP)
 	$(BIN)/zeroskip bench

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from hypothesis import settings
 
 import zeroskip
-import zeroskip._cost
+import zeroskip.engine.cost
 
 VTEST = Path(os.environ.get("ZEROSKIP_VTEST", Path(__file__).resolve().parents[2] / "shared" / "data" / "vtest.avi"))
 # ZEROSKIP_FUZZ=1 (make fuzz): every pattern in every grid and many more hypothesis examples.
@@ -206,18 +206,20 @@ def weights():
 # "auto_eager" is auto with the cost model's fixed and activity-check overheads removed and small tiles, so
 # that the small images of the test grids take the per-image fill/tiles/rows/dense mixes that auto takes
 # on large ones (plain auto sends most of them to dense as too cheap to skip).
-EAGER_COSTS = dict(_NS_FIXED=0.0, _NS_PER_CHECK=0.0, _NS_PER_COPY=0.03, _NS_PER_CALL=0.0, _NS_PER_WEIGHT_BYTE=0.0)
+EAGER_COSTS = dict(
+    _NS_FIXED=0.0, _NS_FIXED_NATIVE=0.0, _NS_PER_CHECK=0.0, _NS_PER_COPY=0.03, _NS_PER_CALL=0.0, _NS_PER_WEIGHT_BYTE=0.0
+)
 
 
 @contextlib.contextmanager
 def eager_costs():
     """The cost model with :data:`EAGER_COSTS`; costs cached per layer are dropped on the way in and out."""
-    zeroskip._cost.image_costs.cache_clear()
+    zeroskip.engine.cost.image_costs.cache_clear()
     try:
-        with mock.patch.multiple(zeroskip._cost, **EAGER_COSTS):
+        with mock.patch.multiple(zeroskip.engine.cost, **EAGER_COSTS):
             yield
     finally:
-        zeroskip._cost.image_costs.cache_clear()
+        zeroskip.engine.cost.image_costs.cache_clear()
 
 EAGER_TILE = (4, 5)
 TEST_MODES = (*zeroskip.MODES, "auto_eager")

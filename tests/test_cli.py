@@ -239,7 +239,7 @@ def test_bench_forwards_its_arguments(monkeypatch):
 
 
 def test_bench_without_the_suite(monkeypatch, capsys):
-    # None in sys.modules makes the import fail as if zeroskip/bench.py did not exist.
+    # None in sys.modules makes the import fail as if zeroskip/bench/ did not exist.
     monkeypatch.setitem(sys.modules, "zeroskip.bench", None)
     assert cli.main(["bench", "--quick"]) == 2
     assert error_line(capsys).startswith("zeroskip: error: the benchmark suite")

@@ -111,20 +111,20 @@ def test_threads_share_one_sparsified_model():
 def _module_containers() -> dict[str, int]:
     """Size of every module-level dict, list and set and of every ``lru_cache`` in zeroskip."""
     sizes = {}
-    for info in pkgutil.iter_modules(zeroskip.__path__):
-        module = importlib.import_module(f"zeroskip.{info.name}")
+    for info in pkgutil.walk_packages(zeroskip.__path__, "zeroskip."):
+        module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             if isinstance(value, (dict, list, set)) and not name.startswith("__"):
-                sizes[f"{info.name}.{name}"] = len(value)
+                sizes[f"{info.name[len('zeroskip.'):]}.{name}"] = len(value)
             elif hasattr(value, "cache_info"):
-                sizes[f"{info.name}.{name}"] = value.cache_info().currsize
+                sizes[f"{info.name[len('zeroskip.'):]}.{name}"] = value.cache_info().currsize
     return sizes
 
 
 # The caches zeroskip keeps at module level, each with its bound (checked below after a workload that
 # would exceed it). Any other module-level container that grows with the calls is an unbounded cache.
 BOUNDED_CACHES = {
-    "conv._OUTPUT_FORMATS": zeroskip.conv._OUTPUT_FORMATS_MAX,
+    "engine.output._OUTPUT_FORMATS": zeroskip.engine.output._OUTPUT_FORMATS_MAX,
     "activation._in_place": zeroskip.activation._in_place.cache_parameters()["maxsize"],
 }
 
@@ -147,7 +147,7 @@ def test_module_level_caches_are_bounded_under_threads():
     assert grown <= set(BOUNDED_CACHES), f"unbounded module-level containers grew: {grown - set(BOUNDED_CACHES)}"
     for name, bound in BOUNDED_CACHES.items():
         assert bound is not None and after[name] <= bound, (name, after[name], bound)
-    assert THREADS * 50 > zeroskip.conv._OUTPUT_FORMATS_MAX, "the workload must overflow the cache"
+    assert THREADS * 50 > zeroskip.engine.output._OUTPUT_FORMATS_MAX, "the workload must overflow the cache"
 
 
 def test_background_cache_holds_only_live_weights():

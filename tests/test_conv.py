@@ -144,7 +144,7 @@ def test_unbatched_input(mode, conv, each_pattern, weights, conv_check):
 def test_batch_split_into_chunks(mode, images_per_chunk, monkeypatch, each_pattern, weights, conv_check):
     """The tile path works through a batch in chunks that reuse one padded buffer; force small chunks."""
     shape = (7, 3, 20, 23)
-    monkeypatch.setattr(zeroskip.conv, "_CHUNK_BYTES", images_per_chunk * 3 * 20 * 23 * 4)
+    monkeypatch.setattr(zeroskip.engine.check, "_CHUNK_BYTES", images_per_chunk * 3 * 20 * 23 * 4)
     weight, bias = weights(4, 3, (3, 5))
     for name, x in each_pattern(shape):
         conv_check(x, weight, bias, mode=mode, padding=(1, 2), msg=name)

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zeroskip
-from zeroskip import _native, _tiles
 from zeroskip._geometry import check_conv_args
-from zeroskip._tiles import scan_activity
+from zeroskip.engine import check as _check
+from zeroskip.engine import native as _native
+from zeroskip.engine.check import scan_activity
 
 needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
 
@@ -77,7 +78,7 @@ def test_native_scan_is_exact(
     assert torch.equal(scanned[0], tiles) and torch.equal(scanned[1], rows)
     # The torch check rounds tile windows out to cells: never fewer tiles, the same rows.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_tiles, "scan", lambda *args: None)
+        patch.setattr(_check, "scan", lambda *args: None)
         checked = scan_activity(x, g, tile)
         assert (checked[0] >= tiles).all() and torch.equal(checked[1], rows)
 
@@ -110,7 +111,7 @@ def test_scan_declines_what_it_cannot_read():
 @pytest.mark.parametrize("mode", ["auto", "tiles", "rows"])
 def test_torch_check_fallback_is_exact(monkeypatch, mode):
     """Without the native library (no compiler, ZEROSKIP_NATIVE=0) the torch check serves."""
-    monkeypatch.setattr(_tiles, "scan", lambda *args: None)
+    monkeypatch.setattr(_check, "scan", lambda *args: None)
     x = sparse_input((3, 4, 45, 61), 0.02, torch.float32, "contiguous", 0)
     weight = torch.randn(8, 4, 3, 3)
     bias = torch.randn(8)
@@ -154,6 +155,6 @@ def test_sample_reads_every_fourth_row_of_tiles():
     x = torch.zeros(1, 1, 64, 8)
     x[0, 0, 8:16] = 1.0  # only the second row of 8-row tiles is active: the sample misses it
     g = check_conv_args(x, torch.zeros(1, 1, 1, 1), None, 1, 0, 1, 1)
-    assert _tiles.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
+    assert _check.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
     x[0, 0, 32:40] = 1.0  # the fifth row is sampled: one of two sampled rows of tiles
-    assert _tiles.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]
+    assert _check.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]

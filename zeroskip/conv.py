@@ -1,4 +1,5 @@
-"""The sparse convolution: ``zeroskip.conv2d`` and its module ``zeroskip.SparseConv2d``."""
+"""The sparse convolution's PyTorch front end: ``zeroskip.conv2d`` and its module ``zeroskip.SparseConv2d``
+(argument checks, whole-network carry, profiling; the work is done by :mod:`zeroskip.engine`)."""
 
 from __future__ import annotations
 
@@ -9,219 +10,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _profiler
-from ._activity import block_any, sampled_density
-from ._alloc import empty_strided
-from ._cost import ImageCosts, choose, image_costs, sparse_can_win
-from ._geometry import ConvGeometry, Pair, _pair, check_conv_args
-from ._rows import box_fraction, row_boxes, run_rows
-from ._tiles import default_tile_size, run_tiles, sample_activity, scan_activity
+from . import _profiler, engine
+from ._geometry import _pair, check_conv_args
 from .network import carry_conv, in_dense_forward
 
 MODES = ("auto", "dense", "rows", "tiles")
-
-# Without the native scan: above this sampled pixel density an image is treated as dense
-# without a full activity check.
-_DENSE_SAMPLE_DENSITY = 0.5
-# With it, a sampled activity estimate must show dense wins even when lowered by this much.
-_SAMPLE_MARGIN = 0.1
 
 
 def _check_mode(mode: object) -> str:
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {', '.join(MODES)}, got {mode!r}")
     return mode  # type: ignore[return-value]
-
-
-def _dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
-    """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
-    if x.shape[0] == 0 or x.numel() == 0:
-        return "empty input"
-    if not x.is_floating_point() or x.layout != torch.strided or x.device.type == "meta":
-        # Meta tensors have no values to look at.
-        return f"unsupported input {x.dtype}/{x.layout}/{x.device.type}"
-    if weight.dtype != x.dtype or weight.device != x.device or (
-        bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
-    ):
-        return "mixed dtypes or devices"
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return "autograd"
-    return ""
-
-
-def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether every weight and bias value is finite.
-
-    Checked on every call, not cached: writes through ``.data`` leave no trace a cache could see.
-    A sum is one vectorised pass; it is non-finite if any term is (or if it overflows, which only
-    sends the call to the dense path).
-    """
-    total = weight.sum() if bias is None else weight.sum() + bias.sum()
-    return bool(torch.isfinite(total))
-
-
-# Output memory format per call signature; bounded because shapes vary without limit.
-_OUTPUT_FORMATS: dict[tuple, bool] = {}
-_OUTPUT_FORMATS_MAX = 256
-
-
-def _dense_output_strides(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry) -> tuple[int, ...]:
-    """Strides of the tensor ``F.conv2d`` returns for this call.
-
-    The backend picks channels_last or contiguous from the strides, dtype and device of the input
-    and weight (the meta device does not follow CPU's choice), so ask it once per call signature:
-    convolve a corner of the input just large enough that every output dimension longer than one
-    stays longer than one.
-    """
-    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, x.device, g)
-    channels_last = _OUTPUT_FORMATS.get(key)
-    if channels_last is None:
-        corner = x[:1, :, : g.window[0] + g.stride[0], : g.window[1] + g.stride[1]]
-        # Only "same" pads asymmetrically.
-        padding = (g.pad_top, g.pad_left) if g.symmetric_padding else "same"
-        probe = F.conv2d(corner, weight, None, g.stride, padding, g.dilation, g.groups)
-        channels_last = probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous()
-        if len(_OUTPUT_FORMATS) >= _OUTPUT_FORMATS_MAX:
-            _OUTPUT_FORMATS.clear()
-        _OUTPUT_FORMATS[key] = channels_last
-    c, h, w = g.out_channels, g.out_height, g.out_width
-    return (c * h * w, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
-
-
-def _new_output(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry, fill=None
-) -> torch.Tensor:
-    shape = (g.batch, g.out_channels, g.out_height, g.out_width)
-    strides = _dense_output_strides(x, weight, g)
-    out = empty_strided(shape, strides, x.dtype, x.device)
-    if fill is not None:
-        # Whole-network mode: the values a carried input gives the skipped outputs.
-        fill(out)
-    elif bias is None:
-        out.zero_()
-    else:
-        out.copy_(bias.view(1, -1, 1, 1).expand(shape))
-    return out
-
-
-def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> list[float]:
-    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
-    heights = torch.full((active.shape[1],), tile[0], dtype=torch.float32, device=active.device)
-    widths = torch.full((active.shape[2],), tile[1], dtype=torch.float32, device=active.device)
-    heights[-1] = g.out_height - tile[0] * (active.shape[1] - 1)
-    widths[-1] = g.out_width - tile[1] * (active.shape[2] - 1)
-    return ((active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)).tolist()
-
-
-# Images per chunk of the activity check: its intermediate results stay small whatever the batch.
-_CHUNK_BYTES = 16 << 20
-# Memory a sparse call may use beside its output (padded input band, patches, results), as a
-# fraction of the output, so that its peak stays close to the dense call's.
-_MEMORY_FRACTION = 0.1
-_MIN_BUDGET_BYTES = 1 << 20
-
-
-def _budget(out: torch.Tensor) -> int:
-    return max(_MIN_BUDGET_BYTES, int(_MEMORY_FRACTION * out.numel() * out.element_size()))
-
-
-def _choose(mode: str, costs: ImageCosts, tile_fraction: float, boxes: list, g: ConvGeometry) -> tuple[str, float]:
-    """The path for one image and the fraction of its output that path computes."""
-    row_fraction = box_fraction(boxes, g)
-    if mode == "rows":
-        return ("rows", row_fraction) if row_fraction else ("fill", 0.0)
-    if mode == "tiles":
-        return ("tiles", tile_fraction) if tile_fraction else ("fill", 0.0)
-    return choose(costs, tile_fraction, row_fraction, costs.boxes(boxes))
-
-
-def _sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts) -> str:
-    """Why a sample of the input already shows that no image can beat dense, or ``""``."""
-    estimates = sample_activity(x, g, tile)
-    if estimates is None:
-        density = sampled_density(x)
-        return f"sampled density {density.min().item():.2f}" if bool((density > _DENSE_SAMPLE_DENSITY).all()) else ""
-    # The sample can miss activity, and a wrong dense exit costs speed-up: lower it first.
-    lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in estimates]
-    if all(choose(costs, t, r)[0] == "dense" for t, r in lowered):
-        return f"sampled activity {min(t for t, _ in estimates):.2f}"
-    return ""
-
-
-def _forward(x, weight, bias, padding, g: ConvGeometry, mode: str, tile_size, activity=None, fill=None):
-    """Returns the output, what ran, the active fraction and the plan detail.
-
-    ``activity`` (uint8 ``(B, H_out, W_out)``, from a carried input) replaces the activity check,
-    and ``fill`` writes the values of the skipped outputs.
-    """
-    reason = "mode=dense" if mode == "dense" else _dense_reason(x, weight, bias)
-    if not reason:
-        costs = image_costs(g, x.element_size(), activity is None)
-        if mode == "auto" and not sparse_can_win(costs, g.batch):
-            reason = "layer too cheap to skip"
-        elif not parameters_finite(weight, bias):
-            # 0 * inf is NaN in the dense result, so no output can be skipped.
-            reason = "non-finite weights"
-    if reason:
-        return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
-    tile = tile_size if tile_size is not None else default_tile_size(g)
-    tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
-    if mode == "auto" and activity is None:
-        reason = _sampled_reason(x, g, tile, costs)
-        if reason:
-            return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
-
-    chosen: list[str] = []
-    fractions: list[float] = []
-    maps: list[tuple[int, torch.Tensor, list]] = []
-    per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-    for start in range(0, g.batch, per_chunk):
-        if activity is None:
-            active, rows = scan_activity(x[start : start + per_chunk], g, tile)
-            columns, block = active, tile
-        else:
-            columns, block = activity[start : start + per_chunk], (1, 1)
-            active, rows = block_any(columns, tile), columns.any(2)
-        # The row path computes boxes cut out of the active region (see _rows.row_boxes).
-        boxes = row_boxes(rows, columns, block, g.out_width, costs) if mode != "tiles" else [[]] * active.shape[0]
-        for tile_fraction, image_boxes in zip(_tile_fractions(active, g, tile), boxes):
-            path, fraction = _choose(mode, costs, tile_fraction, image_boxes, g)
-            chosen.append(path)
-            fractions.append(fraction)
-        maps.append((start, active, boxes))
-    if all(path == "dense" for path in chosen):
-        # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
-        return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, "cost model"
-
-    out = _new_output(x, weight, bias, g, fill)
-    tiles_run = 0
-    row_images: list[int] = []
-    row_boxes_run: list = []
-    for start, active, boxes in maps:
-        paths = chosen[start : start + active.shape[0]]
-        local = [k for k, path in enumerate(paths) if path == "tiles"]
-        if local:
-            chunk = x[start : start + active.shape[0]]
-            if len(local) < chunk.shape[0]:
-                chunk, active = chunk[local], active[local]
-            tiles_run += int(active.sum())
-            run_tiles(chunk, weight, bias, out, g, tile, active, [start + k for k in local], _budget(out))
-        local = [k for k, path in enumerate(paths) if path == "rows"]
-        row_images += [start + k for k in local]
-        row_boxes_run += [boxes[k] for k in local]
-
-    detail = [f"tiles={tiles_run} tile={tile[0]}x{tile[1]}"] if tiles_run else []
-    dense_images = [b for b, path in enumerate(chosen) if path == "dense"]
-    if dense_images:
-        index = torch.tensor(dense_images, device=x.device)
-        out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
-    if row_images:
-        run_rows(x, weight, bias, out, g, row_boxes_run, row_images, _budget(out))
-        detail.append(f"boxes={sum(len(b) for b in row_boxes_run)}")
-    ran = "+".join(sorted(set(chosen)))
-    return out, ran, sum(fractions) / g.batch, " ".join(detail)
 
 
 def _conv2d(
@@ -237,11 +36,11 @@ def _conv2d(
     x = input.unsqueeze(0) if unbatched else input
     carry = carry_conv(x, weight, bias, stride, padding, dilation, groups, g)
     if carry is None:
-        out, ran, fraction, detail = _forward(x, weight, bias, padding, g, mode, tile_size)
+        out, ran, fraction, detail = engine.run(x, weight, bias, padding, g, mode, tile_size)
     else:
-        out, ran, fraction, detail = _forward(
+        out, ran, fraction, detail = engine.run(
             carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size,
-            carry.activity, carry.fill,
+            carry.activity, carry.background,
         )
         out = carry.finish(out)
     if unbatched:

@@ -130,13 +130,13 @@ class ConvCarry:
         return "dense" if self.activity is None and mode == "auto" else mode
 
     @property
-    def fill(self) -> Callable[[torch.Tensor], None] | None:
-        """What writes the output background into the engine's output before active tiles run."""
-        return None if self.activity is None else self._fill
+    def background(self) -> Callable[[], Background] | None:
+        """What gives the engine the values of the skipped outputs (``None``: the bias)."""
+        return None if self.activity is None else self._take_background
 
-    def _fill(self, out: torch.Tensor) -> None:
+    def _take_background(self) -> Background:
         self._filled = self._background()
-        self._filled.fill(out)
+        return self._filled
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:
         """The convolution's output, carried on unless the engine ran it densely with most of it active."""

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ._geometry import _pair, check_conv_args
 from ._profiler import profile
-from ._tiles import default_tile_size
 from .conv import SparseConv2d
+from .engine.plan import default_tile_size
 from .masking import frames_to_tensor
 
 Box = tuple[float, float, float, float]

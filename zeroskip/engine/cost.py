@@ -13,13 +13,17 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._geometry import ConvGeometry
+from .._geometry import ConvGeometry
 
 _NS_PER_MAC = 0.012  # one multiply-accumulate inside a convolution call
 _NS_PER_OUTPUT = 0.12  # writing one float32 output element once (fill, or the convolution's store)
 _NS_PER_CHECK = 0.4  # activity check, per input element (two reductions over the input)
 _NS_PER_COPY = 0.3  # gathering one input element into a tile patch, or copying one output element back
-_NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call
+_NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call (torch executor)
+_NS_FIXED_NATIVE = 100_000.0  # the same with the native executor: one call, no per-box bookkeeping
+# The native executor's kernel against oneDNN's dense convolution, per computed output (measured
+# 0.5x on the 3-channel 7x7 stem, 1.3-1.7x on 3x3 layers of 64-256 channels, AVX-512).
+_NATIVE_SLOWDOWN = 1.4
 # One more convolution call (a box of the row path): Python, slicing, and oneDNN's set-up, which
 # reorders the weights on every call (measured 25 us for 64x64x3x3 to 390 us for 512x512x3x3).
 _NS_PER_CALL = 40_000.0
@@ -45,9 +49,14 @@ class ImageCosts:
     call: float  # one more convolution call, beside its outputs
     pixel: float  # one output pixel (all channels) computed by the row path
     halo: tuple[float, float]  # (rows, columns) of outputs a box costs beside its own, from its input halo
+    native_full: float  # native executor on a fully active image, without fill and check
 
     def tiles(self, fraction: float) -> float:
         return self.fill + self.check + fraction * self.tiles_full
+
+    def native(self, fraction: float) -> float:
+        """The native executor computing ``fraction`` of the image and filling the rest."""
+        return self.check + (1.0 - fraction) * self.fill + fraction * self.native_full
 
     def rows(self, fraction: float) -> float:
         """The row path as one box holding ``fraction`` of the image (a lower bound for any boxes)."""
@@ -86,13 +95,25 @@ def image_costs(g: ConvGeometry, itemsize: int, checked: bool = True) -> ImageCo
         call=_NS_PER_CALL + weight_bytes * _NS_PER_WEIGHT_BYTE,
         pixel=rows_full / (g.out_height * g.out_width),
         halo=((g.window[0] - 1) / g.stride[0], (g.window[1] - 1) / g.stride[1]),
+        native_full=_NATIVE_SLOWDOWN * convolution,
     )
 
 
-def sparse_can_win(costs: ImageCosts, batch: int) -> bool:
+def sparse_can_win(costs: ImageCosts, batch: int, native: bool) -> bool:
     """Whether checking is worth it: an all-zero batch (fill and check only) must cost a small
     share of dense, or the check would slow down every input that turns out dense."""
-    return _NS_FIXED + batch * (costs.fill + costs.check) < _CHECK_SHARE * batch * costs.dense
+    fixed = _NS_FIXED_NATIVE if native else _NS_FIXED
+    return fixed + batch * (costs.fill + costs.check) < _CHECK_SHARE * batch * costs.dense
+
+
+def choose_native(costs: ImageCosts, fraction: float) -> tuple[str, float]:
+    """The native executor's choice for one image computing ``fraction`` of its output: fill
+    (nothing active), its tiles, or dense."""
+    if fraction == 0.0:
+        return "fill", 0.0
+    if costs.native(fraction) >= _MARGIN * costs.dense:
+        return "dense", 1.0
+    return "tiles", fraction
 
 
 def choose(

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import zeroskip
-from zeroskip import _rows
-from zeroskip._cost import ImageCosts
 from zeroskip._geometry import check_conv_args
-from zeroskip._rows import _round_out, box_fraction, row_boxes
+from zeroskip.engine import boxes as _rows
+from zeroskip.engine.boxes import _round_out, box_fraction, row_boxes
+from zeroskip.engine.cost import ImageCosts
 
 
 @pytest.fixture
@@ -21,7 +21,9 @@ def unrounded(monkeypatch):
 
 def costs(call: float = 0.0, halo: tuple[float, float] = (0.0, 0.0)) -> ImageCosts:
     """A layer whose outputs cost 1 each and one more convolution call ``call``."""
-    return ImageCosts(dense=1e9, fill=0.0, check=0.0, tiles_full=0.0, rows_full=0.0, call=call, pixel=1.0, halo=halo)
+    return ImageCosts(
+        dense=1e9, fill=0.0, check=0.0, tiles_full=0.0, rows_full=0.0, call=call, pixel=1.0, halo=halo, native_full=0.0
+    )
 
 
 def test_boxes_from_an_exact_activity_map(unrounded):

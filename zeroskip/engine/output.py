@@ -1,4 +1,4 @@
-"""Output allocation.
+"""Stage 3, output: the output tensor, with the strides and memory format ``F.conv2d`` gives.
 
 A freshly mapped large tensor costs one page fault per 4 KiB on its first write; for the outputs of
 early layers on video frames (tens to hundreds of MB) those faults can cost more than the
@@ -16,6 +16,9 @@ import mmap
 import os
 
 import torch
+import torch.nn.functional as F
+
+from .._geometry import ConvGeometry
 
 _HUGE_PAGE = 2 << 20
 # Smaller outputs span too few huge pages to matter.
@@ -51,3 +54,37 @@ def empty_strided(
         if end > start:
             _MADVISE(start, end - start, mmap.MADV_HUGEPAGE)  # advice only: a failure changes nothing
     return tensor
+
+
+# Output memory format per call signature; bounded because shapes vary without limit.
+_OUTPUT_FORMATS: dict[tuple, bool] = {}
+_OUTPUT_FORMATS_MAX = 256
+
+
+def _dense_output_strides(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry) -> tuple[int, ...]:
+    """Strides of the tensor ``F.conv2d`` returns for this call.
+
+    The backend picks channels_last or contiguous from the strides, dtype and device of the input
+    and weight (the meta device does not follow CPU's choice), so ask it once per call signature:
+    convolve a corner of the input just large enough that every output dimension longer than one
+    stays longer than one.
+    """
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, x.device, g)
+    channels_last = _OUTPUT_FORMATS.get(key)
+    if channels_last is None:
+        corner = x[:1, :, : g.window[0] + g.stride[0], : g.window[1] + g.stride[1]]
+        # Only "same" pads asymmetrically.
+        padding = (g.pad_top, g.pad_left) if g.symmetric_padding else "same"
+        probe = F.conv2d(corner, weight, None, g.stride, padding, g.dilation, g.groups)
+        channels_last = probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous()
+        if len(_OUTPUT_FORMATS) >= _OUTPUT_FORMATS_MAX:
+            _OUTPUT_FORMATS.clear()
+        _OUTPUT_FORMATS[key] = channels_last
+    c, h, w = g.out_channels, g.out_height, g.out_width
+    return (c * h * w, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
+
+
+def new_output(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    """An uninitialised output ``(B, C_out, H_out, W_out)``, laid out as ``F.conv2d``'s would be."""
+    shape = (g.batch, g.out_channels, g.out_height, g.out_width)
+    return empty_strided(shape, _dense_output_strides(x, weight, g), x.dtype, x.device)

@@ -7,7 +7,7 @@ import mmap
 import pytest
 import torch
 
-from zeroskip import _alloc
+from zeroskip.engine import output as _alloc
 
 
 def test_large_outputs_are_advised_within_their_own_memory(monkeypatch):

@@ -24,7 +24,7 @@ typedef struct {
     uint8_t *tiles; /* (batch, tiles_i, tiles_j) */
     uint8_t *rows;  /* (batch, out_height), or NULL */
     int64_t row_step;  /* scan every row_step-th tile row only (1: all) */
-    int64_t first_item, last_item; /* work items (image, scanned tile row) of one thread */
+    int64_t items, next; /* work items (image, scanned tile row), the next one to take (atomic) */
     int failed;
 } scan_job;
 
@@ -103,13 +103,17 @@ static void *scan_items(void *arg) {
     void *acc = malloc((size_t)(job->width * job->lanes + 1) * size);
     uint8_t *row_flags = malloc((size_t)footprint + 1);
     if (!acc || !row_flags) {
-        job->failed = 1;
+        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         free(acc);
         free(row_flags);
         return NULL;
     }
     int64_t scanned_rows = (job->tiles_i + job->row_step - 1) / job->row_step;
-    for (int64_t item = job->first_item; item < job->last_item; item++) {
+    /* Items are taken one at a time: a thread the scheduler takes away holds up one item, not a
+     * share of the scan. */
+    for (;;) {
+        int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
+        if (item >= job->items) break;
         int64_t b = item / scanned_rows, i = item % scanned_rows * job->row_step;
         uint8_t *tiles = job->tiles + (b * job->tiles_i + i) * job->tiles_j;
         int64_t first = i * job->tile_h * job->step_h - job->pad_top;
@@ -162,24 +166,15 @@ int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t hei
     if (threads > items) threads = (int)items;
     if (threads > 64) threads = 64;
     if (threads < 1) threads = 1;
-    scan_job jobs[64];
+    scan_job job = {(const char *)data, batch, channels, height, width, stride_b, stride_c, stride_h, stride_w,
+                    element_size, stride_c == 1 && stride_w == channels ? channels : 1,
+                    tiles_i, tile_h, step_h, pad_top, window_h, out_height,
+                    tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, row_step, items, 0, 0};
     pthread_t workers[64];
     int started[64] = {0};
-    for (int t = 0; t < threads; t++) {
-        scan_job job = {(const char *)data, batch, channels, height, width, stride_b, stride_c, stride_h, stride_w,
-                        element_size, stride_c == 1 && stride_w == channels ? channels : 1,
-                        tiles_i, tile_h, step_h, pad_top, window_h, out_height,
-                        tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, row_step,
-                        items * t / threads, items * (t + 1) / threads, 0};
-        jobs[t] = job;
-    }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&workers[t], NULL, scan_items, &jobs[t]) == 0;
-    scan_items(&jobs[0]);
-    int failed = jobs[0].failed;
-    for (int t = 1; t < threads; t++) {
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&workers[t], NULL, scan_items, &job) == 0;
+    scan_items(&job);
+    for (int t = 1; t < threads; t++)
         if (started[t]) pthread_join(workers[t], NULL);
-        else scan_items(&jobs[t]); /* no thread to spare: its share runs here */
-        failed |= jobs[t].failed;
-    }
-    return failed;
+    return job.failed;
 }

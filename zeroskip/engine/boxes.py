@@ -1,6 +1,6 @@
-"""Row granularity (the original system's), refined to boxes: compute only the output rows whose
-receptive field holds a non-zero input value, one convolution per box, the boxes found by cutting
-the active region's bounding box along inactive bands of rows and columns, recursively."""
+"""Planning the torch executor's row path: the original system's granularity (output rows whose
+receptive field holds a non-zero input value), refined to boxes, one ``F.conv2d`` call each, found
+by cutting the active region's bounding box along inactive bands of rows and columns, recursively."""
 
 from __future__ import annotations
 
@@ -8,22 +8,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ._activity import block_any, row_activity, window_any
-from ._cost import ImageCosts
-from ._geometry import ConvGeometry
-
-
-def active_rows(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
-    """Bool ``(B, H_out)``: whether each output row's receptive field has a non-zero value."""
-    g = geometry
-    rows = row_activity(x)
-    first = torch.arange(g.out_height, device=x.device) * g.stride[0] - g.pad_top
-    starts = first.clamp(0, g.height)
-    ends = (first + g.window[0]).clamp(0, g.height)
-    return window_any(rows, 1, starts, ends)
-
+from .._activity import block_any
+from .._geometry import ConvGeometry
+from .cost import ImageCosts
 
 Box = tuple[int, int, int, int]  # output rows [o0, o1) x columns [c0, c1)
 
@@ -139,37 +127,3 @@ def _coarse(blocks: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor,
 def box_fraction(boxes: list[Box], geometry: ConvGeometry) -> float:
     """The fraction of an image's output inside its boxes."""
     return sum((o1 - o0) * (c1 - c0) for o0, o1, c0, c1 in boxes) / (geometry.out_height * geometry.out_width)
-
-
-def run_rows(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    out: torch.Tensor,
-    geometry: ConvGeometry,
-    boxes: list[list[Box]],
-    images: list[int],
-    budget: int,
-) -> None:
-    """Convolve the given boxes of ``images`` and write them into ``out``.
-
-    Boxes are cut so that one convolution's result takes at most ``budget`` bytes (at least a row).
-    """
-    g = geometry
-    for b, image_boxes in zip(images, boxes):
-        for box0, box1, c0, c1 in image_boxes:
-            most = max(1, budget // (g.out_channels * (c1 - c0) * out.element_size()))
-            for o0 in range(box0, box1, most):
-                o1 = min(o0 + most, box1)
-                r0 = o0 * g.stride[0] - g.pad_top
-                r1 = (o1 - 1) * g.stride[0] - g.pad_top + g.window[0]
-                w0 = c0 * g.stride[1] - g.pad_left
-                w1 = (c1 - 1) * g.stride[1] - g.pad_left + g.window[1]
-                band = x[b : b + 1, :, max(r0, 0) : min(r1, g.height), max(w0, 0) : min(w1, g.width)]
-                top, bottom = max(-r0, 0), max(r1 - g.height, 0)
-                left, right = max(-w0, 0), max(w1 - g.width, 0)
-                if top or bottom or left != right:
-                    band = F.pad(band, (left, right, top, bottom))
-                    left = 0
-                result = F.conv2d(band, weight, bias, g.stride, (0, left), g.dilation, g.groups)
-                out[b : b + 1, :, o0:o1, c0:c1] = result

@@ -1,0 +1,93 @@
+"""The engine of a sparse convolution call, cut by stage of the data path:
+
+1. :mod:`~zeroskip.engine.check`: can the call skip anything, and where is its input active?
+2. :mod:`~zeroskip.engine.plan`: per image, fill, tiles, rows or dense (one :class:`Plan`).
+3. :mod:`~zeroskip.engine.output`: the output tensor, laid out as ``F.conv2d``'s.
+4. :mod:`~zeroskip.engine.execute`: the native executor (one parallel pass) or the torch one.
+
+Each stage runs under ``torch.profiler.record_function("zeroskip::<stage>")``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from .._background import Background
+from .._geometry import ConvGeometry, Pair
+from . import native
+from .check import dense_reason, measure, parameters_finite, sampled_reason
+from .cost import image_costs, sparse_can_win
+from .execute import execute
+from .output import new_output
+from .plan import Plan, carried_maps, default_tile_size, make_plan
+
+__all__ = ["Plan", "run"]
+
+
+def _dense(x, weight, bias, padding, g: ConvGeometry, reason: str):
+    return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
+
+
+def run(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding,
+    g: ConvGeometry,
+    mode: str,
+    tile_size: Pair | None,
+    activity: torch.Tensor | None = None,
+    background=None,
+) -> tuple[torch.Tensor, str, float, str]:
+    """One convolution call through the four stages.
+
+    Args:
+        x: input ``(B, C, H, W)``.
+        padding: the call's ``F.conv2d`` padding argument.
+        mode: ``"auto"``, ``"dense"``, ``"rows"`` or ``"tiles"``.
+        tile_size: output tile, or ``None`` for the layer's default.
+        activity: uint8 ``(B, H_out, W_out)`` from a carried input: replaces the activity check.
+        background: callable returning the :class:`~zeroskip._background.Background` of the
+            skipped outputs (a carried input's); ``None``: the bias.
+
+    Returns:
+        The output, what ran (``"dense"``, ``"fill"``, ``"tiles"``, ``"rows"`` or a ``+`` of
+        them), the fraction of the output computed, and the plan detail (or the dense reason).
+    """
+    with record_function("zeroskip::check"):
+        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias)
+        if not reason:
+            use_native = native.executes(x, weight)
+            costs = image_costs(g, x.element_size(), activity is None)
+            if mode == "auto" and not sparse_can_win(costs, g.batch, use_native):
+                reason = "layer too cheap to skip"
+            elif not parameters_finite(weight, bias):
+                # 0 * inf is NaN in the dense result, so no output can be skipped.
+                reason = "non-finite weights"
+        if reason:
+            return _dense(x, weight, bias, padding, g, reason)
+        tile = tile_size if tile_size is not None else default_tile_size(g)
+        tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
+        if activity is None:
+            reason = sampled_reason(x, g, tile, costs) if mode == "auto" else ""
+            if reason:
+                return _dense(x, weight, bias, padding, g, reason)
+            tiles, rows = measure(x, g, tile)
+            columns, block = tiles, tile
+        else:
+            tiles, rows = carried_maps(activity, tile)
+            columns, block = activity, (1, 1)
+    with record_function("zeroskip::plan"):
+        plan = make_plan(g, mode, tile, costs, use_native, tiles, rows, columns, block)
+    if plan.all_dense:
+        # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
+        return _dense(x, weight, bias, padding, g, "cost model")
+    with record_function("zeroskip::output"):
+        out = new_output(x, weight, g)
+    field: Background | None = background() if background is not None else None
+    with record_function("zeroskip::execute"):
+        detail = execute(plan, x, weight, bias, padding, out, field)
+    ran = "+".join(sorted(set(plan.paths)))
+    return out, ran, sum(plan.fractions) / g.batch, detail

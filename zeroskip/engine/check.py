@@ -1,0 +1,158 @@
+"""Stage 1, check: whether a call can skip anything, and where its input is active.
+
+Cheap reasons first (the call's dtype, layout, autograd, the layer's cost), then a sample of the
+input (dense frames end here), then the full activity check: which output tiles and which output
+rows have a non-zero value under their receptive field. The native scan answers in one pass; the
+torch check (several reductions) is its fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._activity import cell_activity, row_activity, sampled_density, window_any
+from .._geometry import ConvGeometry, Pair
+from .cost import ImageCosts, choose
+from .native import scan
+
+# Without the native scan: above this sampled pixel density an image is treated as dense
+# without a full activity check.
+_DENSE_SAMPLE_DENSITY = 0.5
+# With it, a sampled activity estimate must show dense wins even when lowered by this much.
+_SAMPLE_MARGIN = 0.1
+
+
+def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+    """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
+    if x.shape[0] == 0 or x.numel() == 0:
+        return "empty input"
+    if not x.is_floating_point() or x.layout != torch.strided or x.device.type == "meta":
+        # Meta tensors have no values to look at.
+        return f"unsupported input {x.dtype}/{x.layout}/{x.device.type}"
+    if weight.dtype != x.dtype or weight.device != x.device or (
+        bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
+    ):
+        return "mixed dtypes or devices"
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return "autograd"
+    return ""
+
+
+def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether every weight and bias value is finite.
+
+    Checked on every call, not cached: writes through ``.data`` leave no trace a cache could see.
+    A sum is one vectorised pass; it is non-finite if any term is (or if it overflows, which only
+    sends the call to the dense path).
+    """
+    total = weight.sum() if bias is None else weight.sum() + bias.sum()
+    return bool(torch.isfinite(total))
+
+
+def sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts) -> str:
+    """Why a sample of the input already shows that no image can beat dense, or ``""``."""
+    estimates = sample_activity(x, g, tile)
+    if estimates is None:
+        density = sampled_density(x)
+        return f"sampled density {density.min().item():.2f}" if bool((density > _DENSE_SAMPLE_DENSITY).all()) else ""
+    # The sample can miss activity, and a wrong dense exit costs speed-up: lower it first.
+    lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in estimates]
+    if all(choose(costs, t, r)[0] == "dense" for t, r in lowered):
+        return f"sampled activity {min(t for t, _ in estimates):.2f}"
+    return ""
+
+
+def active_rows(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    """Bool ``(B, H_out)``: whether each output row's receptive field has a non-zero value."""
+    g = geometry
+    rows = row_activity(x)
+    first = torch.arange(g.out_height, device=x.device) * g.stride[0] - g.pad_top
+    starts = first.clamp(0, g.height)
+    ends = (first + g.window[0]).clamp(0, g.height)
+    return window_any(rows, 1, starts, ends)
+
+
+def activity_cell(geometry: ConvGeometry, tile: Pair) -> Pair:
+    """Block size of the activity map: fine enough that rounding tile windows out to whole
+    blocks adds little, coarse enough that the map is a small fraction of the input."""
+    return tuple(4 if size * stride < 16 else 8 for size, stride in zip(tile, geometry.stride))  # type: ignore[return-value]
+
+
+def _tile_windows(count: int, tile: int, stride: int, window: int, pad: int, size: int, cell: int, device):
+    """Blocks ``[start, end)`` of the activity map under each tile's receptive field, rounded out."""
+    first = torch.arange(count, device=device) * (tile * stride) - pad
+    last = first + (tile - 1) * stride + window
+    starts = first.clamp(0, size) // cell
+    ends = (last.clamp(0, size) + cell - 1) // cell
+    return starts, ends
+
+
+def scan_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which output tiles and which output rows have a non-zero value in their receptive field.
+
+    The native scan (:mod:`zeroskip.engine.native`) answers exactly where it is built; the torch check
+    rounds each tile's receptive field out to whole activity cells, so it may find a few more.
+
+    Args:
+        x: input ``(B, C, H, W)`` (unpadded: the zero padding is never active).
+        tile: output tile ``(th, tw)``.
+
+    Returns:
+        Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``.
+    """
+    scanned = scan(x, geometry, tile)
+    if scanned is not None:
+        return scanned
+    g = geometry
+    cell = activity_cell(g, tile)
+    cells = cell_activity(x, cell)
+    n_i = -(-g.out_height // tile[0])
+    n_j = -(-g.out_width // tile[1])
+    rs, re = _tile_windows(n_i, tile[0], g.stride[0], g.window[0], g.pad_top, g.height, cell[0], cells.device)
+    cs, ce = _tile_windows(n_j, tile[1], g.stride[1], g.window[1], g.pad_left, g.width, cell[1], cells.device)
+    return window_any(window_any(cells, 1, rs, re), 2, cs, ce), active_rows(x, g)
+
+
+# The sampled check scans one row of tiles in this many, and only images this many rows of tiles tall.
+_SAMPLE_STEP = 4
+_SAMPLE_MIN_TILE_ROWS = 8
+
+
+def sample_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> list[tuple[float, float]] | None:
+    """Per image, the fractions of active tiles and of active output rows, estimated by the native
+    scan of one row of tiles in :data:`_SAMPLE_STEP`: a quarter of the full check's cost.
+
+    Returns:
+        ``(tile_fraction, row_fraction)`` per image, or ``None`` where no sample is taken (no
+        native scan, or too few rows of tiles for a sample to say much).
+    """
+    g = geometry
+    n_i = -(-g.out_height // tile[0])
+    if n_i < _SAMPLE_MIN_TILE_ROWS:
+        return None
+    scanned = scan(x, g, tile, _SAMPLE_STEP)
+    if scanned is None:
+        return None
+    tiles, rows = scanned
+    sampled = range(0, n_i, _SAMPLE_STEP)
+    sampled_rows = sum(min(tile[0], g.out_height - i * tile[0]) for i in sampled)
+    tile_fractions = (tiles.sum((1, 2)) / (len(sampled) * tiles.shape[2])).tolist()
+    row_fractions = (rows.sum(1) / sampled_rows).tolist()
+    return list(zip(tile_fractions, row_fractions))
+
+
+
+
+# Images per chunk of the torch check: its intermediate results stay small whatever the batch.
+_CHUNK_BYTES = 16 << 20
+
+
+def measure(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scan_activity` over the whole batch, in chunks of images."""
+    per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+    if per_chunk >= x.shape[0]:
+        return scan_activity(x, geometry, tile)
+    maps = [scan_activity(x[start : start + per_chunk], geometry, tile) for start in range(0, x.shape[0], per_chunk)]
+    return torch.cat([tiles for tiles, _ in maps]), torch.cat([rows for _, rows in maps])

@@ -1,0 +1,236 @@
+"""The native parts of the engine: the activity scan (``_scan.c``) and the executor (``_execute.c``),
+built on first use with the system C compiler and called through ctypes (which releases the GIL).
+
+The build needs only a C compiler (no PyTorch headers, no ninja) and takes about a second; the
+library is cached per source version, compiler flags and CPU under ``$XDG_CACHE_HOME/zeroskip``
+(or ``~/.cache``). It is compiled for the CPU it runs on (``-march=native``), so a cache shared by
+machines of different CPUs keeps one library per CPU. Without a compiler, on a platform it does not
+build on, or with ``ZEROSKIP_NATIVE=0``, the engine's torch paths run instead: the torch check
+finds the same or more active tiles (it rounds windows out to activity cells), the torch executor
+computes the same outputs with ``F.conv2d``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from .._geometry import ConvGeometry, Pair
+
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c"))
+_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+_ELEMENT_SIZES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
+# Below this many input bytes, starting a second thread for the scan costs more than it saves.
+_PARALLEL_MIN_BYTES = 1 << 20
+# Builds slower than this say so on stderr, once.
+_SLOW_BUILD_S = 1.0
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_failure: str | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "zeroskip"
+
+
+def _cpu_signature() -> bytes:
+    """What ``-march=native`` depends on: the CPU's model and feature flags where Linux says them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor().encode()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in wanted})).encode()
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    digest = hashlib.sha256(
+        b"".join(source.read_bytes() for source in _SOURCES)
+        + " ".join([str(compiler), *_FLAGS, platform.machine()]).encode()
+        + _cpu_signature()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"engine-{digest}.so"
+    if not target.exists():
+        if compiler is None:
+            raise OSError("no C compiler (cc, gcc) on PATH")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed into place, so that concurrent builds never load half a file.
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(handle)
+        start = time.perf_counter()
+        try:
+            subprocess.run(
+                [compiler, *_FLAGS, *map(str, _SOURCES), "-o", partial], check=True, capture_output=True, timeout=120
+            )
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        if time.perf_counter() - start > _SLOW_BUILD_S:
+            print(f"zeroskip: built its native engine in {time.perf_counter() - start:.1f} s ({target})",
+                  file=sys.stderr)
+    library = ctypes.CDLL(str(target))
+    library.zeroskip_scan.restype = ctypes.c_int
+    library.zeroskip_scan.argtypes = [
+        ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_int, *[ctypes.c_int64] * 11,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+    ]
+    library.zeroskip_execute.restype = ctypes.c_int
+    library.zeroskip_execute.argtypes = [ctypes.POINTER(_Job), ctypes.c_int]
+    return library
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded native library, building it on the first call; ``None`` where it cannot be built."""
+    global _library, _failure
+    if _library is not None or _failure is not None:
+        return _library
+    with _lock:
+        if _library is None and _failure is None:
+            if os.environ.get("ZEROSKIP_NATIVE", "1") == "0":
+                _failure = "disabled by ZEROSKIP_NATIVE=0"
+            else:
+                try:
+                    _library = _build()
+                except (OSError, subprocess.SubprocessError) as error:
+                    _failure = f"native engine unavailable ({error}); using the torch check and executor"
+    return _library
+
+
+def unavailable_reason() -> str | None:
+    """Why the native scan and executor are not used, or ``None`` when they are."""
+    library()
+    return _failure
+
+
+def scan(
+    x: torch.Tensor, geometry: ConvGeometry, tile: Pair, row_step: int = 1
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Which output tiles and which output rows have a non-zero value in their receptive field.
+
+    Args:
+        x: input ``(B, C, H, W)``; CPU, floating point, any strides.
+        tile: output tile ``(th, tw)``.
+        row_step: scan only every ``row_step``-th row of tiles (a sample); the flags of the tiles
+            and output rows of the others are ``False``.
+
+    Returns:
+        Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``, or ``None``
+        where the native scan does not apply (no library, another device or dtype): the caller
+        then checks with torch.
+    """
+    size = _ELEMENT_SIZES.get(x.dtype)
+    if size is None or x.device.type != "cpu" or x.numel() == 0:
+        return None
+    native = library()
+    if native is None:
+        return None
+    g = geometry
+    tiles_i, tiles_j = -(-g.out_height // tile[0]), -(-g.out_width // tile[1])
+    new = torch.empty if row_step == 1 else torch.zeros
+    tiles = new((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
+    rows = new((x.shape[0], g.out_height), dtype=torch.bool)
+    threads = torch.get_num_threads() if x.numel() * size >= _PARALLEL_MIN_BYTES else 1
+    failed = native.zeroskip_scan(
+        # data_ptr() already points at the storage offset of a view.
+        x.data_ptr(), *x.shape, *x.stride(), size,
+        tiles_i, tile[0], g.stride[0], g.pad_top, g.window[0], g.out_height,
+        tiles_j, tile[1], g.stride[1], g.pad_left, g.window[1],
+        tiles.data_ptr(), rows.data_ptr(), row_step, threads,
+    )
+    return None if failed else (tiles, rows)
+
+
+_I = ctypes.c_int64
+_P = ctypes.c_void_p
+
+
+class _Job(ctypes.Structure):
+    """``exec_job`` of ``_execute.c``, field for field."""
+
+    _fields_ = [
+        ("x", _P),
+        *[(name, _I) for name in (
+            "batch channels height width xs_b xs_c xs_h xs_w groups kh kw stride_h stride_w dil_h dil_w"
+            " pad_top pad_left out_h out_w"
+        ).split()],
+        ("weight", _P),
+        *[(name, _I) for name in "group_out group_in k".split()],
+        ("bias", _P),
+        ("out", _P),
+        *[(name, _I) for name in "os_b os_c os_h os_w".split()],
+        ("tiles", _P),
+        *[(name, _I) for name in "tiles_i tiles_j tile_h tile_w".split()],
+        ("rows", _P),
+        ("core", _P),
+        *[(name, _I) for name in "core_b core_h core_w band_top band_bottom band_left band_right".split()],
+        ("item_image", _P),
+        ("item_start", _P),
+        ("item_end", _P),
+        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks".split()],
+        ("failed", ctypes.c_int),
+    ]
+
+
+def executes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the native executor runs this call: float32 on the CPU, where the library is built."""
+    return x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu" and (
+        library() is not None
+    )
+
+
+def execute(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    geometry: ConvGeometry,
+    tiles: torch.Tensor,
+    tile: Pair,
+    rows: torch.Tensor | None,
+    background: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
+) -> None:
+    """Write every output of ``out`` once: the convolution where ``tiles`` (and ``rows``) mark
+    outputs to compute, the background elsewhere; one parallel pass over balanced work items.
+
+    Args:
+        x: float32 input ``(B, C, H, W)``, any strides.
+        out: float32 output ``(B, C_out, H_out, W_out)``, any strides.
+        tiles: bool ``(B, ceil(H_out / th), ceil(W_out / tw))``, the tiles of ``tile`` outputs to compute.
+        rows: bool ``(B, H_out)``: output rows outside it are not computed (``None``: every row may be).
+        background: ``(core, rows, cols)``: a contiguous ``(Bb, C_out, h, w)`` core read through
+            border bands ``rows = (top, bottom)`` and ``cols = (left, right)`` (see
+            :class:`zeroskip._background.Background`); image ``b`` reads core image ``b % Bb``.
+
+    Raises:
+        MemoryError: the executor could not allocate its per-thread buffers.
+    """
+    g = geometry
+    weight = weight.detach().contiguous()
+    core, (top, bottom), (left, right) = background
+    bias_ = None if bias is None else bias.detach().contiguous()
+    tiles = tiles.contiguous()
+    rows = None if rows is None else rows.contiguous()
+    job = _Job(
+        x.data_ptr(), *x.shape, *x.stride(), g.groups, *g.kernel, *g.stride, *g.dilation, g.pad_top, g.pad_left,
+        g.out_height, g.out_width, weight.data_ptr(), g.out_channels // g.groups, g.in_channels // g.groups,
+        weight[0].numel(), None if bias_ is None else bias_.data_ptr(), out.data_ptr(), *out.stride(),
+        tiles.data_ptr(), tiles.shape[1], tiles.shape[2], *tile, None if rows is None else rows.data_ptr(),
+        core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right,
+    )
+    if library().zeroskip_execute(ctypes.byref(job), torch.get_num_threads()):
+        raise MemoryError("zeroskip's native executor could not allocate its work buffers")

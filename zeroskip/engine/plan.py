@@ -1,0 +1,139 @@
+"""Stage 2, plan: per image, what to compute (fill, tiles, rows or dense), handed to an executor.
+
+One :class:`Plan` describes a call for both executors. The native executor computes, in one pass,
+the active tiles of every active output row (``tiles`` and ``rows``); in ``"rows"`` mode every
+active row whole, the original system's granularity. The torch executor computes the same tiles
+with ``F.conv2d`` on gathered patches, or the row ``boxes`` with one ``F.conv2d`` each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._activity import block_any
+from .._geometry import ConvGeometry, Pair
+from .boxes import Box, box_fraction, row_boxes
+from .cost import ImageCosts, choose, choose_native
+
+
+def default_tile_size(geometry: ConvGeometry) -> Pair:
+    """Output tile size for a layer: small enough to skip finely, large enough that the halo
+    (input read by two neighbouring tiles) and per-tile bookkeeping stay cheap."""
+
+    def side(stride: int, window: int) -> int:
+        halo = max(window - stride, 0)
+        tile = 16
+        # Grow while the halo makes the gathered patch more than ~25% larger than the tile's share.
+        while tile < 64 and halo > 0.25 * tile * stride:
+            tile *= 2
+        return tile
+
+    height = side(geometry.stride[0], geometry.window[0])
+    # Twice as wide as tall: the output is written row by row, and longer rows copy faster.
+    width = 2 * side(geometry.stride[1], geometry.window[1])
+    return min(height, geometry.out_height), min(width, geometry.out_width)
+
+
+@dataclass
+class Plan:
+    """What one call computes, per image.
+
+    Attributes:
+        geometry: the call's geometry.
+        native: whether the native executor runs it (else the torch executor).
+        tile: output tile ``(th, tw)`` of ``tiles``.
+        paths: per image ``"fill"`` (nothing active), ``"tiles"``, ``"rows"`` or ``"dense"``.
+        fractions: per image, the fraction of the output computed.
+        tiles: bool ``(B, ceil(H_out / th), ceil(W_out / tw))``, the active output tiles.
+        rows: bool ``(B, H_out)``, the active output rows (exact).
+        boxes: per image, the row path's boxes (torch executor; empty lists otherwise).
+    """
+
+    geometry: ConvGeometry
+    native: bool
+    tile: Pair
+    paths: list[str]
+    fractions: list[float]
+    tiles: torch.Tensor
+    rows: torch.Tensor
+    boxes: list[list[Box]]
+
+    @property
+    def all_dense(self) -> bool:
+        return all(path == "dense" for path in self.paths)
+
+    def images(self, path: str) -> list[int]:
+        return [b for b, chosen in enumerate(self.paths) if chosen == path]
+
+
+def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
+    """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
+    heights = torch.full((active.shape[1],), tile[0], dtype=torch.float32, device=active.device)
+    widths = torch.full((active.shape[2],), tile[1], dtype=torch.float32, device=active.device)
+    heights[-1] = g.out_height - tile[0] * (active.shape[1] - 1)
+    widths[-1] = g.out_width - tile[1] * (active.shape[2] - 1)
+    return (active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)
+
+
+def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
+    """Per image, the fraction of output pixels the native executor computes: those of active
+    tiles in active rows."""
+    widths = torch.full((tiles.shape[2],), tile[1], dtype=torch.float32, device=tiles.device)
+    widths[-1] = g.out_width - tile[1] * (tiles.shape[2] - 1)
+    per_tile_row = (tiles.float() * widths).sum(2)
+    per_row = per_tile_row.repeat_interleave(tile[0], dim=1)[:, : g.out_height] * rows
+    return per_row.sum(1) / (g.out_height * g.out_width)
+
+
+def make_plan(
+    g: ConvGeometry,
+    mode: str,
+    tile: Pair,
+    costs: ImageCosts,
+    native: bool,
+    tiles: torch.Tensor,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    block: Pair,
+) -> Plan:
+    """Choose each image's path.
+
+    Args:
+        mode: ``"auto"``, ``"tiles"`` or ``"rows"``.
+        tiles, rows: the check's bool maps (active tiles, exact active rows).
+        columns: bool ``(B, R, J)``, blocks of ``block`` output pixels holding an active output
+            (the tile map, or the exact activity of a carried input), for the torch row path's boxes.
+    """
+    rows = rows.bool()
+    if native:
+        if mode == "rows":
+            fractions = rows.float().mean(1).tolist()
+            paths = ["rows" if f else "fill" for f in fractions]
+        else:
+            fractions = _native_fractions(tiles, rows, g, tile).tolist()
+            if mode == "tiles":
+                paths = ["tiles" if f else "fill" for f in fractions]
+            else:
+                paths, fractions = map(list, zip(*(choose_native(costs, f) for f in fractions)))
+        return Plan(g, True, tile, paths, fractions, tiles, rows, [[] for _ in paths])
+
+    boxes = row_boxes(rows, columns, block, g.out_width, costs) if mode != "tiles" else [[] for _ in rows]
+    paths, fractions = [], []
+    for tile_fraction, image_boxes in zip(_tile_fractions(tiles, g, tile).tolist(), boxes):
+        row_fraction = box_fraction(image_boxes, g)
+        if mode == "rows":
+            chosen = ("rows", row_fraction) if row_fraction else ("fill", 0.0)
+        elif mode == "tiles":
+            chosen = ("tiles", tile_fraction) if tile_fraction else ("fill", 0.0)
+        else:
+            chosen = choose(costs, tile_fraction, row_fraction, costs.boxes(image_boxes))
+        paths.append(chosen[0])
+        fractions.append(chosen[1])
+    return Plan(g, False, tile, paths, fractions, tiles, rows, boxes)
+
+
+def carried_maps(activity: torch.Tensor, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tile map and the active rows of a carried output activity ``(B, H_out, W_out)``."""
+    return block_any(activity, tile), activity.any(2)
