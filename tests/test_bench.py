@@ -34,7 +34,7 @@ def _tiny_settings(out: Path, video: Path | None, workloads: tuple[str, ...], **
         "batches": (1, 2), "threads": (1,), "heaps": ("pinned",), "contention": False, "hd_size": (72, 128),
         "sweep_size": (48, 64), "densities": (0.0, 0.05, 1.0), "repeats": 1, "min_block_s": 0.0,
         "network_models": ("resnet18",), "network_hd_models": ("resnet18",), "network_frames": 2,
-        "network_repeats": 1, "peer": False, **options,
+        "network_repeats": 1, "peer": False, "stream_frames": 2, "stream_size": (64, 96), **options,
     })
 
 

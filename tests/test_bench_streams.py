@@ -1,4 +1,4 @@
-"""W6 (many cameras): its sources, the figures derived from its rows, and its targets."""
+"""W6 (many cameras): its sources, its comparison rows, its table and its targets."""
 
 from __future__ import annotations
 
@@ -8,54 +8,80 @@ pytest.importorskip("cv2")
 
 from conftest import CLIP_FRAMES  # noqa: E402
 
-from zeroskip import streams_bench  # noqa: E402
+from zeroskip.bench import streams as w6_streams  # noqa: E402
+from zeroskip.bench.targets import evaluate_targets  # noqa: E402
 
 
 def test_video_segment_decodes_its_frames(clip_path):
-    whole = list(streams_bench.VideoSegment(str(clip_path), 0, CLIP_FRAMES))
-    part = list(streams_bench.VideoSegment(str(clip_path), 4, 3))
+    whole = list(w6_streams.VideoSegment(str(clip_path), 0, CLIP_FRAMES))
+    part = list(w6_streams.VideoSegment(str(clip_path), 4, 3))
     assert len(whole) == CLIP_FRAMES and len(part) == 3
     # Re-iterable: a re-run stream (Ray) starts again from its first frame.
-    segment = streams_bench.VideoSegment(str(clip_path), CLIP_FRAMES - 2, 5)
+    segment = w6_streams.VideoSegment(str(clip_path), CLIP_FRAMES - 2, 5)
     assert len(list(segment)) == len(list(segment)) == 2
 
 
 def test_sources_alternate_vtest_segments_and_synthetic_clips(clip_path, monkeypatch):
-    monkeypatch.setattr(streams_bench, "_synthetic_file", lambda seed, frames: f"syn{seed}.avi")
-    sources = streams_bench.w6_sources(clip_path, 4, 10)
+    monkeypatch.setattr(w6_streams, "synthetic_file", lambda seed, frames, size: f"syn{seed}-{size[1]}x{size[0]}.avi")
+    sources = w6_streams.camera_sources(clip_path, 4, 10, (96, 128))
     assert [s.name for s in sources] == ["vtest-0", "synthetic-1", "vtest-392", "synthetic-3"]
-    assert [s.target.count for s in sources] == [10] * 4
-    assert all(s.name.startswith("synthetic") for s in streams_bench.w6_sources(None, 2, 10))
+    assert [s.target.count for s in sources] == [10] * 4 and sources[1].target.path == "syn1-128x96.avi"
+    assert all(s.name.startswith("synthetic") for s in w6_streams.camera_sources(None, 2, 10, (96, 128)))
 
 
-def _row(case, frames_per_s, t_orig=None, t_sparse=None, speedup=None, frames=16, rss=100.0):
+def test_synthetic_files_are_written_once(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = w6_streams.synthetic_file(3, 2, (32, 48))
+    assert len(list(w6_streams.VideoSegment(path, 0, 2))) == 2
+    assert w6_streams.synthetic_file(3, 2, (32, 48)) == path
+    assert [p.name for p in (tmp_path / "zeroskip-bench").iterdir()] == ["synthetic-48x32-2-3.avi"]
+
+
+def _summary(frames_per_s, t_orig=None, t_sparse=None, agree=True):
+    totals = {"frames": 32, "frames_per_s": frames_per_s, "wall_s": 2.0, "t_orig": t_orig, "t_sparse": t_sparse,
+              "failed_streams": 0}
     stages = {"decode_s": 1.0, "subtract_s": 2.0, "wait_for_frames_s": 0.5}
-    return {"case": case, "frames_per_s": frames_per_s, "steady_frames_per_s": frames_per_s, "t_orig": t_orig,
-            "t_sparse": t_sparse, "model_speedup": speedup, "frames": frames, "rss_peak_mb": rss, "wall_s": 3.0,
-            "rss_growth_mb": 5.0, "stages": stages, "exact": None if speedup is None else True}
+    speedup = t_orig / t_sparse if t_orig and t_sparse else None
+    return {"totals": totals, "stages": stages, "steady_frames_per_s": frames_per_s, "speedup": speedup,
+            "outputs_agree": agree, "max_abs_err": 0.0}
 
 
-def test_derived_figures_and_targets():
-    rows = [
-        _row("memory: stem zeroskip, 4 streams", 10, rss=100.0),
-        _row("memory: stem zeroskip, 16 streams", 10, rss=160.0),
-        _row("pipeline: stem dense, 16 streams, batch 16", 20.0, t_orig=8.0),
-        _row("pipeline: stem zeroskip, 16 streams, batch 16", 40.0, t_sparse=2.0),
-        _row("pipeline: resnet18 dense, 16 streams, batch 16", 2.0, t_orig=10.0),
-        _row("pipeline: resnet18 zeroskip, 16 streams, batch 16", 2.6, t_sparse=7.0),
-        _row("model stage: stem, 16 streams, cross-stream batch 16", 30, 4.0, 1.0, 4.0, frames=64),
-        _row("model stage: stem, 1 stream, batch 1", 10, 2.0, 1.0, 2.0, frames=8),
-        _row("ray: stem zeroskip, 16 streams, 2 workers x 1 threads", 34.0),
+def _rows(threads: int = 2) -> list[dict]:
+    tag = {"threads": threads, "heap": "default", "load": "quiet"}
+    return [
+        {**w6_streams.pipeline_row("W6 pipeline stem, 16 streams, batch 16", _summary(20.0, t_orig=8.0),
+                                   _summary(40.0, t_sparse=2.0), rss_mb_per_stream=70.0), **tag},
+        {**w6_streams.pipeline_row("W6 pipeline resnet18, 16 streams, batch 16", _summary(2.0, t_orig=10.0),
+                                   _summary(2.6, t_sparse=7.0)), **tag},
+        {**w6_streams.model_row("W6 model stage stem, 16 streams, cross-stream batch 16", _summary(30, 4.0, 1.0)),
+         **tag},
+        {**w6_streams.model_row("W6 model stage stem, 1 stream, batch 1", _summary(10, 2.0, 1.0)), **tag},
     ]
-    figures = streams_bench.derived(rows)
-    assert figures["pipeline_speedup_stem"] == 2.0 and figures["model_speedup_stem"] == 4.0
-    assert figures["pipeline_speedup_resnet18"] == pytest.approx(1.3)
-    assert figures["zeroskip_ms_per_frame_batch16"] == pytest.approx(1000 / 64)
-    assert figures["ray_vs_process"] == pytest.approx(0.85)
-    assert figures["rss_mb_per_stream"] == pytest.approx(5.0)
-    section = {"rows": rows, "derived": figures, "notes": []}
-    statuses = [t["status"] for t in streams_bench.targets(section, 2.6)]
-    assert statuses == ["met", "missed", "met", "missed"]
-    assert streams_bench.targets(section, None)[2]["status"] == "n/a"
-    lines = streams_bench.streams_lines(section)
-    assert len([line for line in lines if line.startswith("| pipeline:")]) == 4
+
+
+def test_rows_and_table():
+    rows = _rows()
+    assert [r["speedup"] for r in rows] == [2.0, pytest.approx(1.3), 4.0, 2.0]
+    assert rows[0]["model_speedup"] == 4.0 and rows[0]["exact"] is None and rows[2]["exact"] is True
+    assert rows[2]["ms_per_frame"] == pytest.approx(1000 / 32)
+    lines = w6_streams.streams_table(rows)
+    assert len(lines) == 2 + len(rows)
+    assert "RSS 70 MB per stream" in lines[2] and "dense 20.0 (20.0); zeroskip 40.0 (40.0)" in lines[2]
+
+
+def test_targets():
+    w1 = {"case": "W1 batch 16", "batch": 16, "speedup": 2.5, "efficiency": 0.5, "threads": 2, "heap": "default",
+          "load": "quiet", "exact": True}
+    entries = evaluate_targets({"W1": {"rows": [w1]}, "W6": {"rows": _rows()}}, 2)
+    status = {e["target"].split(" >=")[0]: e["status"] for e in entries if e["target"].startswith("W6")}
+    assert status == {
+        "W6 whole-pipeline frames/s, stem, zeroskip over dense": "PASS",
+        "W6 whole-pipeline frames/s, resnet18, zeroskip over dense": "FAIL",
+        "W6 frames/s, 2 Ray workers over one process with the same threads": "NOT RUN",
+        "W6 model-stage speed-up, 16 streams at cross-stream batch 16, over W1 batch 16's": "PASS",
+    }
+    # Pipeline rows compare nothing: exactness counts the two model-stage rows and W1's.
+    (exact,) = [e for e in entries if e["target"].startswith("every zeroskip output")]
+    assert exact["shown"] == "3/3 cases"
