@@ -38,6 +38,6 @@ WORKLOADS: dict[str, Workload] = {
     "W3": Workload("density sweep on synthetic frames, every mode", False, w3.run),
     "W4": Workload("inner layers with vtest masks", True, w4.run),
     "W5": Workload("whole networks on vtest frames", True, w5.run, needs_models=True, contention=True),
-    "W6": Workload("many cameras: 16 streams through the whole pipeline", False, w6.run, needs_models=True),
+    "W6": Workload("many cameras: 16 streams through the whole pipeline", True, w6.run, needs_models=True),
 }
 
