@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=os.path.join("zeroskip-out", "demo"), help="output directory")
 
     clip = commands.add_parser(
-        "video", parents=[run_options], help="run the experiment on a video file",
+        "video", parents=[run_options], help="run the experiment on video files or cameras",
         description="Mask a static-camera video, run dense and zeroskip models on the same masked batches,"
-        " and write frames.csv, summary.json and report.png.",
+        " and write frames.csv, summary.json and report.png. With several sources: one run, frames batched"
+        " across streams, one frames.csv per stream under --out/<stream>/.",
     )
     clip.add_argument(
         "sources", nargs="+", metavar="SOURCE",
