@@ -93,7 +93,7 @@ class Settings:
     network_repeats: int = 8
     stream_frames: int = 32
     stream_size: tuple[int, int] = (576, 768)
-    stream_network_frames: int = 2
+    stream_network_frames: int = 4
     peer: bool = True
     memory: bool = True
     note: str = ""

@@ -54,11 +54,12 @@ def run(ctx: Context) -> dict:
         "kind": "streams",
         "rows": rows,
         "notes": [
-            "*speed-up*: pipeline rows, frames/s of the whole pipeline (decode, MOG subtraction in 2 prefetch"
-            " threads, model, per-stream rows) with zeroskip over the same with the dense model; model-stage"
-            " rows, dense model time over zeroskip's on the same batches (both run, alternating, outputs"
-            " compared); Ray row, frames/s with 2 Ray workers over one process with the same total threads."
-            " *steady*: frames/s after the first result (start-up excluded: models built, actors started)."
+            "*speed-up*: pipeline rows, steady frames/s of the whole pipeline (decode, MOG subtraction in 2"
+            " prefetch threads, model, per-stream rows) with zeroskip over the same with the dense model;"
+            " model-stage rows, dense model time over zeroskip's on the same batches (both run, alternating,"
+            " outputs compared); Ray row, steady frames/s with 2 Ray workers over one process with the same"
+            " total threads. *steady*: frames/s after the first result (start-up excluded: models built, first"
+            " batch's warm-up, Ray actors started; cameras run for hours); *over the wall time*: start-up included."
             " Stages are summed over threads: decoding and subtraction overlap the model. *RSS per stream*:"
             " growth of the peak resident set between 4 and 16 streams (subtractor state, frames in flight).",
         ],
