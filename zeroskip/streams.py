@@ -487,7 +487,7 @@ def run(
     out: str | os.PathLike | None,
     *,
     models: str = "both",
-    prefetch_threads: int = 2,
+    prefetch_threads: int | None = None,
     max_wait: float = 0.5,
     on_frame: Callable[[str, int, np.ndarray, list[torch.Tensor]], None] | None = None,
     progress: bool | Callable[[str, int], None] = False,
@@ -504,7 +504,9 @@ def run(
         out: output directory (created if missing), or ``None`` to write nothing.
         models: ``"both"`` (compare zeroskip with dense, as for one clip), ``"zeroskip"`` or
             ``"dense"`` (run only that model: pipeline throughput).
-        prefetch_threads: threads that decode and mask frames (in each Ray worker under Ray).
+        prefetch_threads: threads that decode and mask frames (in each Ray worker under Ray);
+            ``None``: half the CPUs, at least one. They compete with torch's threads for the cores:
+            on 2 cores, 1 prefetch thread beside 2 torch threads ran fastest.
         max_wait: seconds a started batch waits for more frames before it leaves part-full.
         on_frame: called with ``(stream name, frame number, masked frame, output tensors)`` for
             every frame, in order within each stream (not under Ray).
@@ -529,6 +531,8 @@ def run(
 
     if not isinstance(settings, video.Settings):
         raise TypeError(f"`settings` must be a zeroskip.video.Settings, got {type(settings).__name__}")
+    if prefetch_threads is None:
+        prefetch_threads = max(1, (os.cpu_count() or 2) // 2)
     for name, value in (("prefetch_threads", prefetch_threads), ("workers", workers)):
         video._positive_int(value, name)
     if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
