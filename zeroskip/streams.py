@@ -25,7 +25,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from math import isnan, nan
 from pathlib import Path
@@ -107,7 +106,6 @@ class _Stream:
     frames: Iterator[np.ndarray] | None = None
     info: video.VideoInfo | None = None
     read: int = 0
-    pending: bool = False
     done: bool = False
     reported: bool = False
     error: str | None = None
@@ -116,8 +114,12 @@ class _Stream:
 
 
 class _Prefetch:
-    """Decodes and masks every stream's frames in ``threads`` threads, at most ``depth`` ahead per
-    stream; a stream is worked on by one thread at a time, so its frames are masked in order."""
+    """Decodes and masks every stream's frames ahead of the model, at most ``depth`` per stream.
+
+    Each stream has a thread of its own, so that a source that blocks (a stalled camera) holds up no
+    other; at most ``threads`` of them mask at a time (the CPU-heavy part: background subtraction), so
+    that they leave the model its cores.
+    """
 
     def __init__(self, sources: Sequence[Source], settings: video.Settings, threads: int, depth: int) -> None:
         self.streams = [_Stream(source, BackgroundMasker(settings.subtractor)) for source in sources]
@@ -126,38 +128,36 @@ class _Prefetch:
         self.best: tuple[str, int, np.ndarray, int] | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._masking = threading.BoundedSemaphore(threads)
         self._next = 0
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="zeroskip-prefetch")
-        with self._cond:
-            for stream in self.streams:
-                self._submit(stream)
-
-    def _submit(self, stream: _Stream) -> None:
-        """Have a thread fill ``stream``'s buffer, unless one is on it (call with the lock held)."""
-        if not (stream.pending or stream.done or self._stop.is_set()) and len(stream.buffer) < self.depth:
-            stream.pending = True
-            self._pool.submit(self._fill, stream)
+        for number, stream in enumerate(self.streams):
+            # Daemon: a source stuck in a read must not keep the process alive after the run.
+            threading.Thread(target=self._fill, args=(stream,), name=f"zeroskip-stream-{number}", daemon=True).start()
 
     def _fill(self, stream: _Stream) -> None:
         try:
-            if stream.frames is None:
-                start = time.perf_counter()
-                frames, stream.info = stream.source.open()
-                stream.frames = video._checked(frames, self.limit)
-                stream.decode_s += time.perf_counter() - start
-            while not self._stop.is_set() and len(stream.buffer) < self.depth:
+            start = time.perf_counter()
+            frames, stream.info = stream.source.open()
+            stream.frames = video._checked(frames, self.limit)
+            stream.decode_s += time.perf_counter() - start
+            while True:
+                with self._cond:
+                    while len(stream.buffer) >= self.depth and not self._stop.is_set():
+                        self._cond.wait()
+                if self._stop.is_set():
+                    return
                 start = time.perf_counter()
                 frame = next(stream.frames, None)
                 decoded = time.perf_counter()
                 stream.decode_s += decoded - start
                 if frame is None:
-                    stream.done = True
-                    break
+                    return
                 if stream.info is None:  # frames given as an iterable: no container to ask
                     length = len(stream.source.target) if isinstance(stream.source.target, Sized) else None
                     stream.info = video.VideoInfo(stream.source.text, frame.shape[1], frame.shape[0], 0.0, length)
-                masked = stream.masker(frame)
-                count = int(np.count_nonzero(masked))
+                with self._masking:
+                    masked = stream.masker(frame)
+                    count = int(np.count_nonzero(masked))
                 stream.subtract_s += time.perf_counter() - decoded
                 with self._cond:
                     if self.best is None or count > self.best[3]:
@@ -166,13 +166,12 @@ class _Prefetch:
                     stream.read += 1
                     self._cond.notify_all()
         except Exception as error:  # a broken source fails its own stream only
-            stream.error, stream.done = str(error) or type(error).__name__, True
+            stream.error = str(error) or type(error).__name__
         finally:
-            if stream.done and stream.frames is not None:
+            if stream.frames is not None:
                 stream.frames.close()  # releases the capture now, not when collected
             with self._cond:
-                stream.pending = False
-                self._submit(stream)
+                stream.done = True
                 self._cond.notify_all()
 
     def take(self, batch_size: int, max_wait: float) -> tuple[list[tuple[int, int, np.ndarray]], list[_Stream]]:
@@ -199,9 +198,10 @@ class _Prefetch:
                 # Bounded waits: Ctrl-C gets through, and a wake-up cannot be missed for long.
                 self._cond.wait(0.25 if deadline is None else min(0.25, deadline - now))
                 self.wait_s += time.perf_counter() - now
-            finished = [s for s in self.streams if s.done and not s.buffer and not s.pending and not s.reported]
+            finished = [s for s in self.streams if s.done and not s.buffer and not s.reported]
             for stream in finished:
                 stream.reported = True
+            self._cond.notify_all()  # room in the buffers taken from
         batch.sort(key=lambda item: item[0])
         return batch, finished
 
@@ -221,16 +221,13 @@ class _Prefetch:
                 if batch and stream.buffer[0][1].shape != batch[0][2].shape:
                     continue
                 batch.append((number, *stream.buffer.popleft()))
-                self._submit(stream)
                 took = True
 
     def close(self) -> None:
-        self._stop.set()
-        # Threads finish the frame they decode; a stalled live source must not hold the caller.
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for stream in self.streams:
-            if not stream.pending and stream.frames is not None:
-                stream.frames.close()
+        """Stop every stream's thread after the frame it is on (one stuck in a read stays, as a daemon)."""
+        with self._cond:
+            self._stop.set()
+            self._cond.notify_all()
 
 
 def build_models(settings: video.Settings, models: str) -> tuple[nn.Module | None, nn.Module | None]:
