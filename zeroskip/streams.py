@@ -156,9 +156,10 @@ class _Prefetch:
                     length = len(stream.source.target) if isinstance(stream.source.target, Sized) else None
                     stream.info = video.VideoInfo(stream.source.text, frame.shape[1], frame.shape[0], 0.0, length)
                 with self._masking:
+                    masking = time.perf_counter()
                     masked = stream.masker(frame)
                     count = int(np.count_nonzero(masked))
-                stream.subtract_s += time.perf_counter() - decoded
+                    stream.subtract_s += time.perf_counter() - masking
                 with self._cond:
                     if self.best is None or count > self.best[3]:
                         self.best = (stream.source.name, stream.read, masked, count)
@@ -260,7 +261,7 @@ def process(
         settings: batch size, frame limit per stream, subtractor.
         dense: the dense model, or ``None`` to run zeroskip only.
         sparse: the sparsified model, or ``None`` to run dense only.
-        prefetch_threads: threads that decode and mask frames.
+        prefetch_threads: streams that may mask a frame at the same time.
         max_wait: seconds a started batch waits for more frames.
         on_frame: called with ``(stream name, frame number, masked frame, outputs)`` for every
             frame, in order within each stream; ``outputs`` are the model's output tensors for that
@@ -501,9 +502,9 @@ def run(
         out: output directory (created if missing), or ``None`` to write nothing.
         models: ``"both"`` (compare zeroskip with dense, as for one clip), ``"zeroskip"`` or
             ``"dense"`` (run only that model: pipeline throughput).
-        prefetch_threads: threads that decode and mask frames (in each Ray worker under Ray);
-            ``None``: half the CPUs, at least one. They compete with torch's threads for the cores:
-            on 2 cores, 1 prefetch thread beside 2 torch threads ran fastest.
+        prefetch_threads: streams that may mask a frame at the same time (in each Ray worker under
+            Ray); ``None``: one per CPU. Background subtraction can cost more than the sparse model
+            (MOG at 768x576), so it must not be held to fewer cores than it needs.
         max_wait: seconds a started batch waits for more frames before it leaves part-full.
         on_frame: called with ``(stream name, frame number, masked frame, output tensors)`` for
             every frame, in order within each stream (not under Ray).
@@ -529,7 +530,7 @@ def run(
     if not isinstance(settings, video.Settings):
         raise TypeError(f"`settings` must be a zeroskip.video.Settings, got {type(settings).__name__}")
     if prefetch_threads is None:
-        prefetch_threads = max(1, (os.cpu_count() or 2) // 2)
+        prefetch_threads = os.cpu_count() or 1
     for name, value in (("prefetch_threads", prefetch_threads), ("workers", workers)):
         video._positive_int(value, name)
     if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
