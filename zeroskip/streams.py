@@ -503,8 +503,9 @@ def run(
         models: ``"both"`` (compare zeroskip with dense, as for one clip), ``"zeroskip"`` or
             ``"dense"`` (run only that model: pipeline throughput).
         prefetch_threads: streams that may mask a frame at the same time (in each Ray worker under
-            Ray); ``None``: one per CPU. Background subtraction can cost more than the sparse model
-            (MOG at 768x576), so it must not be held to fewer cores than it needs.
+            Ray); ``None``: half the CPUs, at least one. Subtraction on every core makes zeroskip's
+            many short parallel operators wait on descheduled threads: on 2 cores, one masking at a
+            time ran the zeroskip pipeline fastest (and the dense one slower).
         max_wait: seconds a started batch waits for more frames before it leaves part-full.
         on_frame: called with ``(stream name, frame number, masked frame, output tensors)`` for
             every frame, in order within each stream (not under Ray).
@@ -530,7 +531,7 @@ def run(
     if not isinstance(settings, video.Settings):
         raise TypeError(f"`settings` must be a zeroskip.video.Settings, got {type(settings).__name__}")
     if prefetch_threads is None:
-        prefetch_threads = os.cpu_count() or 1
+        prefetch_threads = max(1, (os.cpu_count() or 2) // 2)
     for name, value in (("prefetch_threads", prefetch_threads), ("workers", workers)):
         video._positive_int(value, name)
     if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
