@@ -11,8 +11,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e '.[video,plot,models,ray,dev]'
+	$(BIN)/pip install $(TORCH_PIN)
+	$(BIN)/pip install -e '.[video,plot,models,ray,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -23,6 +23,12 @@ import zeroskip
 import zeroskip.engine.cost
 
 VTEST = Path(os.environ.get("ZEROSKIP_VTEST", Path(__file__).resolve().parents[2] / "shared" / "data" / "vtest.avi"))
+# OpenCV's sample clip; README "The sample video".
+VTEST_URL = "https://github.com/opencv/opencv/raw/master/samples/data/vtest.avi"
+VTEST_ABSENT = (
+    f"sample video {VTEST} is absent; fetch it with: curl -L --create-dirs -o {VTEST} {VTEST_URL}"
+    " (or set ZEROSKIP_VTEST to a copy)"
+)
 # ZEROSKIP_FUZZ=1 (make fuzz): every pattern in every grid and many more hypothesis examples.
 FUZZ = bool(os.environ.get("ZEROSKIP_FUZZ"))
 # Frames masked after the MOG subtractor has seen this many frames (it needs a history to work).
@@ -335,7 +341,7 @@ def _masked_vtest(count: int) -> np.ndarray:
 def vtest_frames(request) -> torch.Tensor:
     """A few masked vtest frames, ``(3, 3, 576, 768)`` float32 in [0, 1], cached across runs."""
     if not VTEST.is_file():
-        pytest.skip(f"sample video {VTEST} is absent")
+        pytest.skip(VTEST_ABSENT)
     pytest.importorskip("cv2")
     from zeroskip.masking import frames_to_tensor
 

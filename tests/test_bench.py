@@ -206,23 +206,31 @@ def test_breakdown_gives_each_stage_label_its_own_time():
 
 
 def test_busy_machine_is_flagged():
-    meta = {"cpu_affinity": 2, "cpu_count": 2, "load_average_start": (1.5, 1, 1)}
-    runs = [{"threads": 1, "load": "quiet", "machine_busy": 0.55}, {"threads": 2, "load": "quiet", "machine_busy": 1.0},
-            {"threads": 2, "load": "busy", "machine_busy": 1.0}]
+    meta = {"cpu_affinity": 2, "cpu_count": 2}
+    runs = [{"threads": 1, "load": "quiet", "others_before": 0.1, "others": 0.9},
+            {"threads": 2, "load": "quiet", "others_before": 0.1, "others": 0.2},
+            {"threads": 2, "load": "busy", "others_before": 0.1, "others": 1.0}]  # the busy process itself
     assert contention.busy_note(meta, runs) == ""
-    assert "at least 1.0 of 2 cores" in contention.busy_note(meta, [{**runs[0], "machine_busy": 1.0}, *runs[1:]])
-    assert "load average 5.2" in contention.busy_note({**meta, "load_average_start": (5.2, 4, 3)}, runs)
+    assert "up to 1.7 of 2 cores" in contention.busy_note(meta, [{**runs[0], "others": 1.7}, *runs[1:]])
+    assert "up to 1.2 of 2 cores" in contention.busy_note(meta, [*runs[:2], {**runs[2], "others_before": 1.2}])
 
 
 def test_busy_process_competes_and_is_ended_even_on_error():
-    import os
-
-    with pytest.raises(KeyboardInterrupt), contention.busy_process(60) as load:
-        assert os.path.exists(f"/proc/{load.pid}") or not os.path.exists("/proc/self")
+    with pytest.raises(KeyboardInterrupt), contention.observe(60) as load:
         time.sleep(0.3)
         raise KeyboardInterrupt
-    assert load.competitor_cpu is None or load.competitor_cpu > 0.2
-    assert not os.path.exists(f"/proc/{load.pid}")
+    assert load.competitor and (load.competitor_cpu is None or load.competitor_cpu > 0.1)
+    with pytest.raises(KeyboardInterrupt), contention.busy_process(60) as process:
+        assert process.poll() is None
+        raise KeyboardInterrupt
+    assert process.poll() is not None
+
+
+def test_quiet_runs_record_the_load():
+    with contention.observe(None) as load:
+        time.sleep(0.05)
+    assert not load.competitor and load.competitor_cpu is None
+    assert load.others is None or load.others >= 0.0
 
 
 def test_busy_process_stops_by_itself_at_its_limit():

@@ -248,13 +248,15 @@ def test_all_zero_input_is_bias(mode, weights, conv_check):
 
 
 def test_auto_decides_per_image(pattern, weights, conv_check):
-    """In one batch, the all-zero image is only filled and the dense one goes to F.conv2d."""
+    """In one batch, the all-zero image is only filled and the dense one goes to F.conv2d (the native
+    executor's kernel beats oneDNN on a 3-channel layer: there it computes the dense image too)."""
     weight, _ = weights(64, 3, (7, 7))
     x = pattern("mixed_batch", (5, 3, 128, 160))
     with zeroskip.profile() as prof:
         conv_check(x, weight, None, mode="auto", stride=2, padding=3)
     ran = prof.records[-1].chosen.split("+")
-    assert "fill" in ran and "dense" in ran and len(ran) >= 3, ran
+    assert "fill" in ran and len(ran) >= 2, ran
+    assert "dense" in ran or zeroskip.engine.native.executes(x, weight), ran
 
 
 @pytest.mark.parametrize("mode", SPARSE_MODES)
@@ -370,3 +372,16 @@ def test_sparse_module_matches_dense_module(mode, vtest_frames):
     expected = dense(frames)
     actual = sparse(frames)
     torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_dilated_runs_dense(dtype):
+    """PyTorch's CPU kernels give wrong values on some dilated bf16/fp16 geometries, differently for a
+    pre-padded patch than for the padded call: zeroskip runs the dense call itself."""
+    x = torch.zeros(1, 2, 1, 13, dtype=dtype)
+    x[0, :, 0, 5] = 1.0
+    weight = torch.randn(1, 2, 1, 5).to(dtype)
+    with zeroskip.profile() as prof:
+        out = zeroskip.conv2d(x, weight, None, (1, 2), (5, 0), 3, mode="tiles")
+    assert prof.records[-1].chosen == "dense" and "dilated" in prof.records[-1].detail
+    assert torch.equal(out, F.conv2d(x, weight, None, (1, 2), (5, 0), 3))

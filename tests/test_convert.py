@@ -459,7 +459,7 @@ def test_writes_into_activations_are_seen(how, context, pattern):
 
 
 def test_sparsified_model_trains(pattern):
-    """With autograd recording, the sparse modules run dense and gradients match the dense model's."""
+    """With autograd recording, gradients match the dense model's."""
     dense = _model().train()
     sparse = zeroskip.sparsify_(copy.deepcopy(dense))
     x = pattern("blobs", (2, 3, 12, 12))

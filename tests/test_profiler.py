@@ -55,9 +55,14 @@ def test_profile_records_module_names_from_sparsify(pattern):
 )
 def test_profile_records_what_ran(where, mode, chosen, pattern, weights):
     weight, bias = weights(64, 3, (7, 7))
+    x = pattern(where, AUTO_SHAPE)
     with zeroskip.profile() as prof:
-        zeroskip.conv2d(pattern(where, AUTO_SHAPE), weight, bias, stride=2, padding=3, mode=mode)
+        zeroskip.conv2d(x, weight, bias, stride=2, padding=3, mode=mode)
     (record,) = prof.records
+    if (where, mode) == ("dense", "auto") and zeroskip.engine.native.executes(x, weight):
+        # The native kernel beats oneDNN on a 3-channel layer: a dense image runs it, whole.
+        assert record.chosen == "tiles" and record.active_fraction == 1.0
+        return
     assert record.name is None and record.mode == mode and record.chosen == chosen
     expected_fraction = {"fill": 0.0, "dense": 1.0}.get(chosen)
     if expected_fraction is not None:
@@ -155,3 +160,24 @@ def test_verbose_and_profile_together(monkeypatch, capsys, pattern, weights):
     with zeroskip.profile() as prof:
         zeroskip.conv2d(pattern("blobs", SHAPE), weight, mode="rows")
     assert len(prof.records) == 1 and len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_summary_gives_the_plan_or_reason_of_every_call_and_counts_dense_reasons(pattern, weights):
+    weight, bias = weights(16, 3, (7, 7))
+    x = pattern("blobs", SHAPE)
+    with zeroskip.profile() as prof:
+        zeroskip.conv2d(x, weight, bias, stride=2, padding=3, mode="tiles")
+        zeroskip.conv2d(x, weight, bias, stride=2, padding=3, mode="dense")
+        zeroskip.conv2d(x, weight, bias, stride=2, padding=3, mode="dense")
+    lines = prof.summary().splitlines()
+    assert lines[0].endswith("plan or reason")
+    assert lines[2].endswith(prof.records[0].detail) and lines[3].endswith("mode=dense")
+    assert lines[-1] == "ran dense: 2 x mode=dense"
+
+
+def test_dense_reason_of_a_sparsified_model_on_a_dense_input(pattern):
+    model = zeroskip.sparsify_(_model())
+    with zeroskip.profile() as prof:
+        model(pattern("dense", SHAPE))
+    assert [r.detail for r in prof.records] == ["dense model input"] * 2
+    assert prof.summary().splitlines()[-1] == "ran dense: 2 x dense model input"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,7 +24,8 @@ class CallRecord:
             ``"+"``-joined mix when images of one batch took different paths.
         active_fraction: fraction of the output that was computed (1.0 for dense).
         time_ms: wall time of the call in milliseconds.
-        detail: the plan: reason for dense, tile size and tile count, or row boxes.
+        detail: the plan: the reason for dense, tile size and tile count, or row boxes; then the
+            notes of the context the call ran in (``"autograd"``: recorded for gradients).
     """
 
     name: str | None
@@ -41,23 +44,68 @@ class Profile:
     records: list[CallRecord] = field(default_factory=list)
 
     def summary(self) -> str:
-        """A plain-text table, one row per call, and a total line."""
-        header = f"{'#':>4}  {'module':<28} {'input':<22} {'mode':<6} {'ran':<12} {'active':>7} {'ms':>9}"
+        """A plain-text table, one row per call, a total line, and why calls ran dense.
+
+        Columns: ``module`` (qualified name in a sparsified model, ``-`` for a functional call),
+        ``input`` shape, ``mode`` asked, ``ran`` (what ran), ``active`` (fraction of the output
+        computed), ``ms`` (wall time) and ``plan or reason`` (the record's ``detail``).
+        """
+        header = (
+            f"{'#':>4}  {'module':<28} {'input':<22} {'mode':<6} {'ran':<12} {'active':>7} {'ms':>9}  plan or reason"
+        )
         lines = [header, "-" * len(header)]
         for index, r in enumerate(self.records):
             shape = "x".join(str(s) for s in r.input_shape)
             lines.append(
                 f"{index:>4}  {(r.name or '-')[:28]:<28} {shape:<22} {r.mode:<6} {r.chosen[:12]:<12}"
-                f" {r.active_fraction:>7.1%} {r.time_ms:>9.3f}"
+                f" {r.active_fraction:>7.1%} {r.time_ms:>9.3f}  {r.detail}".rstrip()
             )
         total = sum(r.time_ms for r in self.records)
         lines.append("-" * len(header))
         lines.append(f"{len(self.records)} calls, {total:.3f} ms in zeroskip convolutions")
+        lines.extend(self._dense_reasons())
         return "\n".join(lines)
+
+    def _dense_reasons(self) -> list[str]:
+        """One line per reason that sent whole calls to dense, with its count, then advice on autograd."""
+        reasons = Counter(_reason(r.detail) for r in self.records if r.chosen == "dense")
+        lines = [f"ran dense: {count} x {reason}" for reason, count in reasons.most_common()]
+        if any(AUTOGRAD_NOTE in r.detail.split("; ") and r.name is not None for r in self.records):
+            lines.append(
+                "autograd: a sparsified model carries skipped regions from layer to layer only without"
+                " gradients (torch.no_grad() or torch.inference_mode()); with them each layer skips only"
+                " the zeros of its own input"
+            )
+        return lines
+
+
+def _reason(detail: str) -> str:
+    """A dense call's reason without the figures that vary from call to call ("sampled activity 0.93")."""
+    return re.sub(r" \d+(\.\d+)?(?=$|[;,\s])", "", detail) or "-"
 
 
 _lock = threading.Lock()
 _profiles: list[Profile] = []
+# The note of calls recorded for gradients (zeroskip.autograd).
+AUTOGRAD_NOTE = "autograd"
+
+
+class _Notes(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+
+
+_NOTES = _Notes()
+
+
+@contextlib.contextmanager
+def annotate(note: str) -> Iterator[None]:
+    """Append ``note`` to the ``detail`` of every call recorded in this thread inside the block."""
+    _NOTES.stack.append(note)
+    try:
+        yield
+    finally:
+        _NOTES.stack.pop()
 
 
 def verbosity() -> int:
@@ -72,6 +120,8 @@ def recording() -> bool:
 
 
 def record(entry: CallRecord) -> None:
+    if _NOTES.stack:
+        entry.detail = "; ".join([entry.detail, *_NOTES.stack] if entry.detail else _NOTES.stack)
     with _lock:
         for profile_ in _profiles:
             profile_.records.append(entry)

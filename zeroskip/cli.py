@@ -13,7 +13,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from . import video
+import torch
+
+from . import machine, video
 from .masking import SUBTRACTORS
 
 
@@ -108,16 +110,18 @@ def _settings(args: argparse.Namespace) -> video.Settings:
     )
 
 
-def _demo(args: argparse.Namespace) -> dict:
+def _demo(args: argparse.Namespace) -> tuple[dict, machine.Load]:
     from .synthetic import SyntheticClip
 
     width, height = args.size
     clip = SyntheticClip(width, height, frames=args.frames, seed=args.seed)
     source = {"synthetic": {"width": width, "height": height, "frames": args.frames, "seed": args.seed}}
-    return video.run(iter(clip), _settings(args), args.out, source=source, total=len(clip))
+    settings = _settings(args)
+    load = _warn_if_busy(args)
+    return video.run(iter(clip), settings, args.out, source=source, total=len(clip)), load
 
 
-def _video(args: argparse.Namespace) -> dict:
+def _video(args: argparse.Namespace) -> tuple[dict, machine.Load]:
     from . import sources, streams
 
     settings = _settings(args)
@@ -128,9 +132,11 @@ def _video(args: argparse.Namespace) -> dict:
         # One clip or camera: the single-stream run, its outputs directly in --out.
         frames, info = resolved[0].open()
         out = args.out or os.path.join("zeroskip-out", Path(args.sources[0]).stem)
-        return video.run(frames, settings, out, source=asdict(info), total=info.frame_count)
+        load = _warn_if_busy(args)
+        return video.run(frames, settings, out, source=asdict(info), total=info.frame_count), load
     out = args.out or os.path.join("zeroskip-out", "streams")
-    return streams.run(resolved, settings, out, progress=True, ray=args.ray, workers=args.workers or 2)
+    load = _warn_if_busy(args)
+    return streams.run(resolved, settings, out, progress=True, ray=args.ray, workers=args.workers or 2), load
 
 
 def _bench(argv: list[str]) -> int:
@@ -142,6 +148,16 @@ def _bench(argv: list[str]) -> int:
         print("zeroskip: error: the benchmark suite (zeroskip.bench) is not in this installation", file=sys.stderr)
         return 2
     return int(bench.main(argv) or 0)
+
+
+def _warn_if_busy(args: argparse.Namespace) -> machine.Load:
+    """Measure the other processes' CPU use before timing (once the input is known good, so that bad
+    input still gets its one-line error alone), and say so in one line if it is high."""
+    load = machine.measure_load()
+    warning = machine.busy_warning(load, args.threads or torch.get_num_threads())
+    if warning:
+        print(f"zeroskip: {warning}", file=sys.stderr)
+    return load
 
 
 def _missing_dependency(error: ImportError) -> bool:
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        summary = _demo(args) if args.command == "demo" else _video(args)
+        summary, load = _demo(args) if args.command == "demo" else _video(args)
     except KeyboardInterrupt:
         print("zeroskip: interrupted", file=sys.stderr)
         return 130
@@ -182,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         return _streams_status(summary)
     print(video.format_summary(summary))
+    print("\n".join(machine.speedup_notes(summary, load)))
     if not summary["outputs_agree"]:
         print(
             f"zeroskip: error: zeroskip's output differs from dense in batches {summary['mismatched_batches']}",

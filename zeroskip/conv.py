@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _profiler, engine
+from . import _profiler, autograd, engine
 from ._geometry import _pair, check_conv_args
 from .network import carry_conv, in_dense_forward
 
@@ -30,6 +30,9 @@ def _conv2d(
     g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
     # Checked here, not where the tiles need it, so that a bad value fails on every path.
     tile_size = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else None
+    if autograd.needs_grad(input, weight, bias) and not engine.dense_reason(input, weight, bias, g):
+        # Forward sparse, backward dense: the Function calls back here with grad mode off.
+        return autograd.conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size, name, g)
     timed = _profiler.recording()
     start = time.perf_counter() if timed else 0.0
     unbatched = input.dim() == 3
@@ -39,9 +42,11 @@ def _conv2d(
         out, ran, fraction, detail = engine.run(x, weight, bias, padding, g, mode, tile_size)
     else:
         out, ran, fraction, detail = engine.run(
-            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size or carry.tile_size,
+            carry.values, weight, bias, padding, g, carry.mode(mode), tile_size,
             carry.activity, carry.background,
         )
+        if carry.mode(mode) != mode:
+            detail = carry.dense_reason
         out = carry.finish(out)
     if unbatched:
         out = out.squeeze(0)

@@ -78,11 +78,12 @@ _CACHE = _BackgroundCache()
 
 @dataclass
 class _Forward:
-    """A sparsified model forward in progress: whether it is known dense, the input shape it
-    carries (``None``: no carry), and whether a convolution of it skipped anything."""
+    """A sparsified model forward in progress: whether it is known dense and why, the input shape
+    it carries (``None``: no carry), and whether a convolution of it skipped anything."""
 
     owner: int  # id() of the model
     dense: bool = False
+    reason: str = ""
     carried: tuple | None = None
     skipped: bool = False
 
@@ -102,9 +103,10 @@ def in_dense_forward() -> bool:
     return bool(_FORWARDS.stack) and _FORWARDS.stack[-1].dense
 
 
-def _mark_dense() -> None:
+def _mark_dense(reason: str) -> None:
     if _FORWARDS.stack:
         _FORWARDS.stack[-1].dense = True
+        _FORWARDS.stack[-1].reason = reason
 
 
 @dataclass
@@ -115,12 +117,13 @@ class ConvCarry:
         values: the input values, a plain tensor.
         activity: uint8 ``(B, H_out, W_out)``, non-zero at output pixels that may differ from
             the background; ``None`` for a plain input in a forward known dense.
-        tile_size: tile for the engine when the layer sets none (``None``: the engine's choice).
+        dense_reason: why the forward is known dense, the reason of the calls :meth:`mode` sends
+            to dense.
     """
 
     values: torch.Tensor
     activity: torch.Tensor | None
-    tile_size: tuple[int, int] | None
+    dense_reason: str = ""
     _out_activity: torch.Tensor | None = None
     _background: Callable[[], Background] | None = None
     _filled: Background | None = field(default=None)
@@ -146,19 +149,10 @@ class ConvCarry:
             _FORWARDS.stack[-1].skipped = True  # the engine filled the background: it skipped work
         if self._filled is None:
             if float(self._out_activity.float().mean()) > _DENSE_CARRY_MAX_ACTIVE:
-                _mark_dense()
+                _mark_dense(f"carry ended: an earlier layer's output was over {_DENSE_CARRY_MAX_ACTIVE:.0%} active")
                 return plain(out)
             self._filled = self._background()
         return wrap(out, self._out_activity, self._filled)
-
-
-def _tile_size(g: ConvGeometry) -> tuple[int, int] | None:
-    """Tiles for a carried input: its activity costs nothing to know, so finer tiles than the
-    engine's (which also amortise measuring it) skip more; 8 x 16 output pixels measured best on
-    ResNet layers at 5-30% activity. Kernels without halo keep the engine's larger tiles."""
-    if g.window[0] <= g.stride[0] and g.window[1] <= g.stride[1]:
-        return None
-    return (min(8, g.out_height), min(16, g.out_width))
 
 
 def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry) -> ConvCarry | None:
@@ -166,7 +160,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     known dense (4-D inputs only)."""
     carry = carried(input)
     if carry is None or input.dim() != 4:
-        return ConvCarry(input, None, None) if in_dense_forward() else None
+        return ConvCarry(input, None, _FORWARDS.stack[-1].reason) if in_dense_forward() else None
     out_activity = dilate(
         carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
     )
@@ -181,7 +175,9 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     def background() -> Background:
         return _CACHE.get(weight, bias, repr(args), carry.background, compute)
 
-    return ConvCarry(plain(input), out_activity[:, 0], _tile_size(g), out_activity, background)
+    return ConvCarry(
+        plain(input), out_activity[:, 0], _out_activity=out_activity, _background=background
+    )
 
 
 # A model whose carried forward skipped nothing (every convolution ran densely: too small or too
@@ -207,9 +203,13 @@ def _carry_input(module: nn.Module, args: tuple) -> tuple | None:
             # of the plain input would not skip either.
             memo[shape] = wait - 1
             kind = "dense"
+            forward.reason = (
+                f"a recent forward of this input shape skipped nothing (carry retried every {_RETRY_CARRY_EVERY})"
+            )
         else:
             forward.carried = shape
     forward.dense = kind == "dense"
+    forward.reason = forward.reason or "dense model input"
     return (start(args[0]), *args[1:]) if kind == "sparse" else None
 
 

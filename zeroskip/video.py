@@ -671,9 +671,5 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"note: the file announces {announced} frames but only {totals['frames']} could be decoded"
         )
-    env = summary["environment"]
-    load, cores = (env["load_average"] or [0.0])[0], env["cpu_count"] or 1
-    if load > cores:
-        lines.append(f"note: load average {load:.1f} on {cores} cores at the start: other work competed for the CPU")
     lines.extend(f"wrote {path}" for path in summary["outputs"].values())
     return "\n".join(lines)

@@ -56,8 +56,8 @@ def pin_timing_heap() -> str:
     the dynamic threshold makes that depend on the process's history: on the project's machine dense
     ``F.conv2d`` of the W1 layer took about 3x as long as with a warm heap, and every speed-up swung
     2-3x from run to run. Pinned, such blocks are served from the heap and reused, so the dense
-    baseline is measured at its best and speed-ups err on the low side. Called at the start of
-    :func:`run`.
+    baseline is measured at its best and speed-ups err on the low side. The ``"pinned"`` mode of
+    :func:`use_heap`.
 
     Returns:
         The allocator state, for the metadata.

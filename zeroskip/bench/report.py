@@ -112,12 +112,16 @@ def _network_table(rows: Sequence[dict]) -> list[str]:
 _SECTION_TABLES = {"speed": _speed_table, "sweep": _sweep_table, "network": _network_table, "streams": streams_table}
 
 
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _runs_table(runs: Sequence[dict]) -> list[str]:
     return _table(
-        ("workload", *_CONFIG_HEADER, "run time s", "machine busy", "busy process (cores)", "load average at end"),
-        [(r["workload"], *_config_cells(r), f"{r['elapsed_s']:.0f}",
-          "-" if r["machine_busy"] is None else f"{r['machine_busy']:.0%}",
-          "-" if r["competitor_cpu"] is None else f"{r['competitor_cpu']:.2f}", _plain(r["load_average_end"] or "-"))
+        ("workload", *_CONFIG_HEADER, "run time s", "others before (cores)", "others during (cores)",
+         "busy process (cores)", "load average at end"),
+        [(r["workload"], *_config_cells(r), f"{r['elapsed_s']:.0f}", _cores(r["others_before"]), _cores(r["others"]),
+          _cores(r["competitor_cpu"]), _plain(r["load_average_end"] or "-"))
          for r in runs],
     )
 
@@ -155,8 +159,9 @@ def render_markdown(results: dict) -> str:
                 lines += ["", f"### Peer: spconv (CPU; {label})", ""]
                 lines += _peer_lines(run["peer"])
     lines += ["", "## Runs: time and load of every workload in every configuration", ""]
-    lines += ["*machine busy*: share of all cores' time in use (this process included), from `/proc/stat`;"
-              " *busy process*: CPU the competitor got, in cores.", ""]
+    lines += ["*others*: cores' worth of CPU that other processes used (`/proc/stat` less this process), over"
+              " 0.2 s just before the run and during it (the busy process included); *busy process*: the CPU the"
+              " competitor got, in cores.", ""]
     lines += _runs_table(results["runs"])
     return "\n".join(lines) + "\n"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .contention import Load, busy_note, busy_process, load_average, quiet
+from .contention import RunLoad, busy_note, load_average, observe
 from .heap import peak_memory, pin_malloc, use_heap
 from .metadata import metadata
 from .output import write_atomic
@@ -52,7 +52,8 @@ def configs(settings: Settings, heap: str, workload: Workload, contention_thread
     return quiet_runs + busy
 
 
-def _record(name: str, config: Config, section: dict, sections: dict[str, dict], load: Load, seconds: float) -> dict:
+def _record(name: str, config: Config, section: dict, sections: dict[str, dict], load: RunLoad,
+            seconds: float) -> dict:
     """Tag ``section``'s rows with ``config``, add them to ``sections[name]``; the record of this run."""
     tag = {"threads": config.threads, "heap": config.heap, "load": config.load}
     for row in section["rows"]:
@@ -60,8 +61,9 @@ def _record(name: str, config: Config, section: dict, sections: dict[str, dict],
     merged = sections.setdefault(name, {**{k: section[k] for k in _SECTION_KEYS if k in section}, "rows": []})
     merged["rows"] += section["rows"]
     extras = {key: value for key, value in section.items() if key not in _SECTION_KEYS}
-    return {"workload": name, **tag, "elapsed_s": seconds, "machine_busy": load.machine_busy,
-            "competitor_cpu": load.competitor_cpu, "load_average_end": load.load_average_end, **extras}
+    return {"workload": name, **tag, "elapsed_s": seconds, "others_before": load.others_before,
+            "others": load.others, "competitor_cpu": load.competitor_cpu, "load_average_end": load.load_average_end,
+            **extras}
 
 
 def run(settings: Settings) -> dict:
@@ -97,9 +99,8 @@ def run(settings: Settings) -> dict:
                     ctx.config = config
                     ctx.log(f"{name}: {workload.title} ({config.label()})")
                     begun = time.perf_counter()
-                    with threads(config.threads), (
-                        busy_process(settings.contention_limit_s) if config.load == "busy" else quiet()
-                    ) as load:
+                    competitor = settings.contention_limit_s if config.load == "busy" else None
+                    with threads(config.threads), observe(competitor) as load:
                         section = workload.run(ctx)
                     runs.append(_record(name, config, section, sections, load, time.perf_counter() - begun))
         if settings.memory:

@@ -29,13 +29,19 @@ NETWORK_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "fcn_resnet50")
 NETWORK_HD_MODELS = ("resnet18", "resnet50")
 
 
+def _registered() -> tuple[str, ...]:
+    from .workloads import WORKLOADS  # the registry imports this module
+
+    return tuple(WORKLOADS)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What one run of the suite does. :func:`main` builds it from the command line.
 
     Attributes:
         out: directory for ``results.json``, ``results.md`` and ``results.png``.
-        workloads: keys of :data:`WORKLOADS` to run, in order.
+        workloads: keys of :data:`WORKLOADS` to run, in order (default: every registered one).
         quick: the reduced variant (recorded; the other fields already carry its reductions).
         threads: thread counts (``torch.set_num_threads``) every workload runs at, on a quiet machine.
         heaps: heap modes (:data:`~zeroskip.bench.heap.HEAP_MODES`) every workload runs in: ``"default"``
@@ -69,7 +75,7 @@ class Settings:
     """
 
     out: Path = DEFAULT_OUT
-    workloads: tuple[str, ...] = ("W1", "W2", "W3", "W4", "W5")
+    workloads: tuple[str, ...] = field(default_factory=_registered)
     quick: bool = False
     threads: tuple[int, ...] = (1, 2)
     heaps: tuple[str, ...] = HEAP_MODES

@@ -23,7 +23,7 @@ from .execute import execute
 from .output import new_output
 from .plan import Plan, carried_maps, default_tile_size, make_plan
 
-__all__ = ["Plan", "run"]
+__all__ = ["Plan", "dense_reason", "run"]
 
 
 def _dense(x, weight, bias, padding, g: ConvGeometry, reason: str):
@@ -57,7 +57,7 @@ def run(
         them), the fraction of the output computed, and the plan detail (or the dense reason).
     """
     with record_function("zeroskip::check"):
-        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias)
+        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias, g)
         if not reason:
             use_native = native.executes(x, weight)
             costs = image_costs(g, x.element_size(), activity is None)
@@ -68,10 +68,10 @@ def run(
                 reason = "non-finite weights"
         if reason:
             return _dense(x, weight, bias, padding, g, reason)
-        tile = tile_size if tile_size is not None else default_tile_size(g)
+        tile = tile_size if tile_size is not None else default_tile_size(g, activity is not None, use_native)
         tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
         if activity is None:
-            reason = sampled_reason(x, g, tile, costs) if mode == "auto" else ""
+            reason = sampled_reason(x, g, tile, costs, use_native) if mode == "auto" else ""
             if reason:
                 return _dense(x, weight, bias, padding, g, reason)
             tiles, rows = measure(x, g, tile)

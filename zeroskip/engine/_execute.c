@@ -10,24 +10,32 @@
  * im2col copy), with the weights as A and the output as C.
  *
  * Built by zeroskip/engine/native.py with the system C compiler and called through ctypes (which
- * releases the GIL); zeroskip runs its torch executor wherever this is not built.
+ * releases the GIL); zeroskip runs its torch executor wherever this is not built. Threads: see
+ * _parallel.h.
  */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "_parallel.h"
+
 #if defined(__AVX512F__)
 #define VLEN 16
-#define MR 12
 #elif defined(__AVX__)
 #define VLEN 8
-#define MR 6
 #else
 #define VLEN 4
+#endif
+#ifndef MR
+#if defined(__AVX512F__)
+#define MR 12
+#else
 #define MR 6
 #endif
+#endif
+#ifndef NV
 #define NV 2
+#endif
 #define NR (VLEN * NV)
 #define MAX_THREADS 256
 #ifndef KC
@@ -70,7 +78,13 @@ typedef struct {
     int64_t items;
     int64_t next; /* the next item to take (atomic) */
     /* buffer geometry, shared by every thread */
-    int64_t phase_w, buffer_rows, item_rows, blocks;
+    int64_t phase_w, buffer_rows, item_rows, blocks, chunks;
+    /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
+    float *panels;
+    int *panel_state;
+    /* per tap (channel in group, ky, kx): input rows below the output row's first, and offset in a
+     * buffer row (channel, stride phase, column) */
+    int64_t *tap_dy, *tap_offset;
     int failed;
 } exec_job;
 
@@ -128,25 +142,24 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
     }
 }
 
-/* acc[m][v] = sum_k A[k, m] * B_k[offset + v * VLEN ...], for MR channels and `vectors` vectors of
- * pixels, B_k = pointers[k]; one vector for the last pixels of a segment, so that a ragged end
- * costs at most one vector of wasted work. */
-static inline void kernel(int64_t k, const float *a, const float *const *pointers, int64_t offset, int vectors,
+/* acc[m][v] = sum_k A[k, m] * B_k[at[v] ...], for MR channels and `vectors` vectors of VLEN pixels,
+ * B_k = pointers[k]. The vectors of one call may come from anywhere in an output row, so that short
+ * or scattered active runs fill the kernel's vectors as well as long ones do. */
+static inline void kernel(int64_t k, const float *a, const float *const *pointers, const int64_t *at, int vectors,
                           vf acc[MR][NV]) {
     for (int i = 0; i < MR; i++)
         for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
     if (vectors == NV) {
         for (int64_t t = 0; t < k; t++, a += MR) {
-            const float *bp = pointers[t] + offset;
             vf b[NV];
-            for (int v = 0; v < NV; v++) b[v] = load(bp + v * VLEN);
+            for (int v = 0; v < NV; v++) b[v] = load(pointers[t] + at[v]);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++)
                 for (int v = 0; v < NV; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
         }
     } else {
         for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b = load(pointers[t] + offset);
+            vf b = load(pointers[t] + at[0]);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++) acc[i][0] += a[i] * b;
         }
@@ -154,71 +167,81 @@ static inline void kernel(int64_t k, const float *a, const float *const *pointer
 }
 
 typedef struct {
-    int64_t row, first, last; /* output row, columns [first, last) */
-} segment;
+    int64_t row;                /* the output row's index among the item's computed rows */
+    int64_t at[NV], cols[NV];   /* per vector: first output column and columns used (0: unused) */
+    int vectors;
+} pixel_block;
+
+/* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][MR] (rows past the
+ * group's output channels zero). Each such panel is packed once per call by whichever thread needs
+ * it first, into memory shared by all; a thread that finds another one packing it packs its own
+ * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
+static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
+    int64_t index = (g * job->blocks + blk) * job->chunks + t0 / KC;
+    int *state = job->panel_state + index;
+    float *a = job->panels + index * KC * MR;
+    int expected = 0;
+    if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
+    if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
+    int64_t m = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
+    int64_t taps = job->k - t0 < KC ? job->k - t0 : KC;
+    for (int64_t i = 0; i < MR; i++) {
+        const float *w = job->weight + (m + i) * job->k + t0;
+        for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[t] : 0.0f;
+    }
+    if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
+    return a;
+}
 
 /* Pointers to the input values under taps [t0, t0 + taps) of group g for output row `o`, as read by
  * output column 0 (column c reads c further on); the buffer's first row is input row `r0`. */
 static void tap_pointers(const exec_job *job, const float *buffer, const float *zeros, int64_t g, int64_t o,
                          int64_t r0, int64_t t0, int64_t taps, const float **pointers) {
-    int64_t s = job->stride_w, pw = job->phase_w, area = job->kh * job->kw;
+    int64_t top = o * job->stride_h - job->pad_top, row = job->channels * job->stride_w * job->phase_w;
+    const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
     for (int64_t t = t0; t < t0 + taps; t++) {
-        int64_t ci = g * job->group_in + t / area, ky = t % area / job->kw, kx = t % job->kw;
-        int64_t h = o * job->stride_h - job->pad_top + ky * job->dil_h, tap = kx * job->dil_w;
-        pointers[t - t0] = (h < 0 || h >= job->height)
-                               ? zeros
-                               : buffer + ((h - r0) * job->channels + ci) * s * pw + (tap % s) * pw + tap / s;
+        int64_t h = top + job->tap_dy[t];
+        pointers[t - t0] = (h < 0 || h >= job->height) ? zeros : group + (h - r0) * row + job->tap_offset[t];
     }
 }
 
-/* Weights of output channels [m, m + channels) for taps [t0, t0 + taps) into a[taps][MR], rows past
- * `channels` zero. */
-static void pack(const exec_job *job, int64_t m, int64_t channels, int64_t t0, int64_t taps, float *a) {
-    for (int64_t i = 0; i < MR; i++) {
-        const float *w = job->weight + (m + i) * job->k + t0;
-        for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[t] : 0.0f;
-    }
-}
-
-/* Convolve the segments of image b for group g: out = bias + sum over taps of weight x input.
+/* Convolve the pixel blocks of image b for group g: out = bias + sum over taps of weight x input.
+ * `rows` lists the output rows the blocks index.
  *
  * Taps go in chunks of KC and output channels in blocks of MR: one block's weights for one chunk
- * are packed (KC x MR, in L1) and read by every segment of the item, so the weights are read from
- * memory once per item, not once per pixel block; packing them here, not once per weight tensor,
- * leaves nothing to go stale when the weights change in place. Each chunk's partial sums are added into the
- * output (in cache: an item's output rows are small): the rounding error of one long running sum
- * grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
-static void compute(const exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *a,
-                    const segment *segments, int64_t count, int64_t b, int64_t g, int64_t r0) {
+ * are packed (KC x MR, in L1) and read by every pixel block of the item, so the weights are read
+ * from memory once per item, not once per pixel block. Each chunk's partial sums are added into
+ * the output (in cache: an item's output rows are small): the rounding error of one long running
+ * sum grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
+static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
+                    const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
+                    int64_t g, int64_t r0) {
     float *out = job->out + b * job->os_b;
     int64_t m0 = g * job->group_out;
     for (int64_t t0 = 0; t0 < job->k; t0 += KC) {
         int64_t taps = job->k - t0 < KC ? job->k - t0 : KC;
-        for (int64_t n = 0; n < count; n++)
-            tap_pointers(job, buffer, zeros, g, segments[n].row, r0, t0, taps, pointers + n * KC);
+        for (int64_t r = 0; r < row_count; r++)
+            tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * KC);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
             int64_t channels = job->group_out - blk * MR < MR ? job->group_out - blk * MR : MR;
-            pack(job, m0 + blk * MR, channels, t0, taps, a);
+            const float *a = panel(job, g, blk, t0, scratch);
             for (int64_t n = 0; n < count; n++) {
-                const segment *seg = segments + n;
-                for (int64_t p = seg->first; p < seg->last; p += NR) {
-                    vf acc[MR][NV];
-                    int64_t cols = seg->last - p < NR ? seg->last - p : NR;
-                    kernel(taps, a, pointers + n * KC, p, cols > VLEN * (NV - 1) ? NV : 1, acc);
-                    for (int64_t i = 0; i < channels; i++) {
-                        int64_t m = m0 + blk * MR + i;
-                        float *dst = out + m * job->os_c + seg->row * job->os_h + p * job->os_w;
-                        float tmp[NR];
-                        if (cols == NR && job->os_w == 1) {
-                            for (int v = 0; v < NV; v++) {
-                                vf before = t0 ? load(dst + v * VLEN) : (vf){0} + (job->bias ? job->bias[m] : 0.0f);
-                                store(dst + v * VLEN, before + acc[i][v]);
-                            }
+                const pixel_block *q = blocks + n;
+                vf acc[MR][NV];
+                kernel(taps, a, pointers + q->row * KC, q->at, q->vectors, acc);
+                for (int64_t i = 0; i < channels; i++) {
+                    int64_t m = m0 + blk * MR + i;
+                    float first = job->bias ? job->bias[m] : 0.0f; /* what the first chunk adds to */
+                    for (int v = 0; v < q->vectors; v++) {
+                        float *dst = out + m * job->os_c + rows[q->row] * job->os_h + q->at[v] * job->os_w;
+                        if (q->cols[v] == VLEN && job->os_w == 1) {
+                            store(dst, (t0 ? load(dst) : (vf){0} + first) + acc[i][v]);
                             continue;
                         }
-                        for (int v = 0; v < NV; v++) store(tmp + v * VLEN, acc[i][v]);
-                        for (int64_t c = 0; c < cols; c++)
-                            dst[c * job->os_w] = (t0 ? dst[c * job->os_w] : (job->bias ? job->bias[m] : 0.0f)) + tmp[c];
+                        float tmp[VLEN];
+                        store(tmp, acc[i][v]);
+                        for (int64_t c = 0; c < q->cols[v]; c++)
+                            dst[c * job->os_w] = (t0 ? dst[c * job->os_w] : first) + tmp[c];
                     }
                 }
             }
@@ -226,10 +249,13 @@ static void compute(const exec_job *job, const float *buffer, const float *zeros
     }
 }
 
-/* The output rows [o0, o1) of image b: background where no active tile is, convolution where one
- * is. Returns the segments to compute. */
-static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, segment *segments) {
+/* The output rows [o0, o1) of image b: background where no active tile is; where one is, the
+ * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors.
+ * Returns the number of blocks. */
+static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t *rows, int64_t *row_count,
+                         pixel_block *blocks) {
     int64_t count = 0;
+    *row_count = 0;
     for (int64_t o = o0; o < o1; o++) {
         if (job->rows && !job->rows[b * job->out_h + o]) {
             fill(job, b, o, 0, job->out_w);
@@ -237,6 +263,7 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
         int64_t done = 0; /* columns [0, done) are written or planned */
+        pixel_block *open = NULL; /* a block of this row with a vector left */
         for (int64_t j = 0; j < job->tiles_j;) {
             if (!tiles[j]) {
                 j++;
@@ -244,13 +271,24 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             }
             int64_t end = j;
             while (end < job->tiles_j && tiles[end]) end++;
-            segment seg = {o, j * job->tile_w, end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w};
-            fill(job, b, o, done, seg.first);
-            segments[count++] = seg;
-            done = seg.last;
+            int64_t first = j * job->tile_w, last = end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w;
+            fill(job, b, o, done, first);
+            rows[*row_count] = o;
+            for (int64_t c = first; c < last; c += VLEN) {
+                if (!open) {
+                    open = blocks + count++;
+                    open->row = *row_count;
+                    open->vectors = 0;
+                }
+                open->at[open->vectors] = c;
+                open->cols[open->vectors] = last - c < VLEN ? last - c : VLEN;
+                if (++open->vectors == NV) open = NULL;
+            }
+            done = last;
             j = end;
         }
         fill(job, b, o, done, job->out_w);
+        if (done) ++*row_count; /* the row has blocks (its active columns end after column 0) */
     }
     return count;
 }
@@ -258,17 +296,19 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
 static void *run_items(void *arg) {
     exec_job *job = (exec_job *)arg;
     int64_t row_floats = job->channels * job->stride_w * job->phase_w;
-    /* At most one segment per two tiles of a row (runs are separated by inactive tiles). */
-    int64_t most_segments = job->item_rows * (job->tiles_j / 2 + 1);
+    /* A row's active runs (at most one per two tiles) take a vector per VLEN columns begun. */
+    int64_t most_blocks = job->item_rows * (job->out_w / VLEN + (job->tiles_j + 1) / 2 + 1);
     float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats + job->phase_w) * sizeof(float));
-    const float **pointers = (const float **)malloc((size_t)(most_segments * KC) * sizeof(float *));
-    segment *segments = (segment *)malloc((size_t)most_segments * sizeof(segment));
-    float *a = (float *)malloc(KC * MR * sizeof(float));
-    if (!buffer || !pointers || !segments || !a) {
+    const float **pointers = (const float **)malloc((size_t)(job->item_rows * KC) * sizeof(float *));
+    pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
+    int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
+    float *scratch = (float *)malloc(KC * MR * sizeof(float));
+    if (!buffer || !pointers || !blocks || !rows || !scratch) {
         free(buffer);
         free(pointers);
-        free(segments);
-        free(a);
+        free(blocks);
+        free(rows);
+        free(scratch);
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         return NULL;
     }
@@ -277,19 +317,20 @@ static void *run_items(void *arg) {
     for (;;) {
         int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->items) break;
-        int64_t b = job->item_image[item];
-        int64_t count = plan_rows(job, b, job->item_start[item], job->item_end[item], segments);
+        int64_t b = job->item_image[item], row_count;
+        int64_t count = plan_rows(job, b, job->item_start[item], job->item_end[item], rows, &row_count, blocks);
         if (!count) continue;
-        /* The input rows under the item's segments, copied once for all of them. */
-        int64_t first = segments[0].row, last = segments[count - 1].row;
-        int64_t r0 = first * job->stride_h - job->pad_top;
-        copy_rows(job, buffer, b, r0, (last - first) * job->stride_h + (job->kh - 1) * job->dil_h + 1);
-        for (int64_t g = 0; g < job->groups; g++) compute(job, buffer, zeros, pointers, a, segments, count, b, g, r0);
+        /* The input rows under the item's computed rows, copied once for all of them. */
+        int64_t r0 = rows[0] * job->stride_h - job->pad_top;
+        copy_rows(job, buffer, b, r0, (rows[row_count - 1] - rows[0]) * job->stride_h + (job->kh - 1) * job->dil_h + 1);
+        for (int64_t g = 0; g < job->groups; g++)
+            compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0);
     }
     free(buffer);
     free(pointers);
-    free(segments);
-    free(a);
+    free(blocks);
+    free(rows);
+    free(scratch);
     return NULL;
 }
 
@@ -359,15 +400,31 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
     job->item_rows = most;
     job->blocks = (job->group_out + MR - 1) / MR;
+    job->chunks = (job->k + KC - 1) / KC;
+    int64_t count = job->groups * job->blocks * job->chunks;
+    job->panels = (float *)malloc((size_t)(count * KC * MR) * sizeof(float));
+    job->panel_state = (int *)calloc((size_t)count, sizeof(int));
+    job->tap_dy = (int64_t *)malloc((size_t)job->k * 2 * sizeof(int64_t));
+    if (!job->panels || !job->panel_state || !job->tap_dy) {
+        free(job->panels);
+        free(job->panel_state);
+        free(job->tap_dy);
+        free((void *)job->item_image);
+        return 1;
+    }
+    job->tap_offset = job->tap_dy + job->k;
+    for (int64_t t = 0, area = job->kh * job->kw; t < job->k; t++) {
+        int64_t ci = t / area, ky = t % area / job->kw, kx = t % job->kw, tap = kx * job->dil_w;
+        job->tap_dy[t] = ky * job->dil_h;
+        job->tap_offset[t] = ci * job->stride_w * job->phase_w + (tap % job->stride_w) * job->phase_w + tap / job->stride_w;
+    }
     job->next = 0;
     job->failed = 0;
-    pthread_t workers[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&workers[t], NULL, run_items, job) == 0;
-    run_items(job);
-    for (int t = 1; t < threads; t++)
-        if (started[t]) pthread_join(workers[t], NULL);
+    parallel(run_items, job, threads);
     free((void *)job->item_image);
+    free(job->panels);
+    free(job->panel_state);
+    free(job->tap_dy);
     return job->failed;
 }
 

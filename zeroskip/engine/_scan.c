@@ -8,10 +8,11 @@
  * Built by zeroskip/_native.py with the system C compiler and called through ctypes (which
  * releases the GIL); zeroskip falls back to the torch check wherever it is not built.
  */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_parallel.h"
 
 typedef struct {
     const char *data;
@@ -170,11 +171,6 @@ int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t hei
                     element_size, stride_c == 1 && stride_w == channels ? channels : 1,
                     tiles_i, tile_h, step_h, pad_top, window_h, out_height,
                     tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, row_step, items, 0, 0};
-    pthread_t workers[64];
-    int started[64] = {0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&workers[t], NULL, scan_items, &job) == 0;
-    scan_items(&job);
-    for (int t = 1; t < threads; t++)
-        if (started[t]) pthread_join(workers[t], NULL);
+    parallel(scan_items, &job, threads);
     return job.failed;
 }

@@ -1,6 +1,6 @@
 """Stage 1, check: whether a call can skip anything, and where its input is active.
 
-Cheap reasons first (the call's dtype, layout, autograd, the layer's cost), then a sample of the
+Cheap reasons first (the call's dtype, layout and devices, the layer's cost), then a sample of the
 input (dense frames end here), then the full activity check: which output tiles and which output
 rows have a non-zero value under their receptive field. The native scan answers in one pass; the
 torch check (several reductions) is its fallback.
@@ -12,9 +12,10 @@ import torch
 
 from .._activity import cell_activity, row_activity, sampled_density, window_any
 from .._geometry import ConvGeometry, Pair
-from .cost import ImageCosts, choose
+from .cost import ImageCosts, choose, choose_native
 from .native import scan
 
+_REDUCED = (torch.bfloat16, torch.float16)
 # Without the native scan: above this sampled pixel density an image is treated as dense
 # without a full activity check.
 _DENSE_SAMPLE_DENSITY = 0.5
@@ -22,7 +23,7 @@ _DENSE_SAMPLE_DENSITY = 0.5
 _SAMPLE_MARGIN = 0.1
 
 
-def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> str:
     """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
     if x.shape[0] == 0 or x.numel() == 0:
         return "empty input"
@@ -33,10 +34,11 @@ def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
     ):
         return "mixed dtypes or devices"
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return "autograd"
+    if x.dtype in _REDUCED and x.device.type == "cpu" and g.dilation != (1, 1):
+        # PyTorch 2.14's CPU kernels for these give wrong values (and read outside the input) on some
+        # dilated geometries, differently for a padded call and for the same call on a pre-padded
+        # patch: only the dense call itself returns what dense returns.
+        return f"dilated {x.dtype} on CPU"
     return ""
 
 
@@ -51,15 +53,23 @@ def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return bool(torch.isfinite(total))
 
 
-def sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts) -> str:
-    """Why a sample of the input already shows that no image can beat dense, or ``""``."""
+def sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts, native: bool) -> str:
+    """Why a sample of the input already shows that no image can beat dense, or ``""``.
+
+    ``native``: the native executor runs the call (its tiles cost what its kernel costs, which on
+    layers of few input channels is less than dense even for a dense image)."""
     estimates = sample_activity(x, g, tile)
     if estimates is None:
         density = sampled_density(x)
         return f"sampled density {density.min().item():.2f}" if bool((density > _DENSE_SAMPLE_DENSITY).all()) else ""
     # The sample can miss activity, and a wrong dense exit costs speed-up: lower it first.
     lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in estimates]
-    if all(choose(costs, t, r)[0] == "dense" for t, r in lowered):
+    if native:
+        # The native path computes active tiles of active rows: at least the smaller of the two.
+        dense = all(choose_native(costs, min(t, r))[0] == "dense" for t, r in lowered)
+    else:
+        dense = all(choose(costs, t, r)[0] == "dense" for t, r in lowered)
+    if dense:
         return f"sampled activity {min(t for t, _ in estimates):.2f}"
     return ""
 

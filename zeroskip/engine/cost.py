@@ -21,9 +21,12 @@ _NS_PER_CHECK = 0.4  # activity check, per input element (two reductions over th
 _NS_PER_COPY = 0.3  # gathering one input element into a tile patch, or copying one output element back
 _NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call (torch executor)
 _NS_FIXED_NATIVE = 100_000.0  # the same with the native executor: one call, no per-box bookkeeping
-# The native executor's kernel against oneDNN's dense convolution, per computed output (measured
-# 0.5x on the 3-channel 7x7 stem, 1.3-1.7x on 3x3 layers of 64-256 channels, AVX-512).
+# The native executor's kernel against oneDNN's dense convolution, per computed output: oneDNN runs
+# layers of few input channels (an RGB stem) far below its peak, the native kernel does not
+# (measured 0.45x on the 3-channel 7x7 stem, 1.3-1.45x on 3x3 layers of 64-256 channels, AVX-512).
 _NATIVE_SLOWDOWN = 1.4
+_NATIVE_SLOWDOWN_FEW_CHANNELS = 0.6
+_FEW_CHANNELS = 8
 # One more convolution call (a box of the row path): Python, slicing, and oneDNN's set-up, which
 # reorders the weights on every call (measured 25 us for 64x64x3x3 to 390 us for 512x512x3x3).
 _NS_PER_CALL = 40_000.0
@@ -95,7 +98,9 @@ def image_costs(g: ConvGeometry, itemsize: int, checked: bool = True) -> ImageCo
         call=_NS_PER_CALL + weight_bytes * _NS_PER_WEIGHT_BYTE,
         pixel=rows_full / (g.out_height * g.out_width),
         halo=((g.window[0] - 1) / g.stride[0], (g.window[1] - 1) / g.stride[1]),
-        native_full=_NATIVE_SLOWDOWN * convolution,
+        native_full=convolution * (
+            _NATIVE_SLOWDOWN_FEW_CHANNELS if g.in_channels // g.groups < _FEW_CHANNELS else _NATIVE_SLOWDOWN
+        ),
     )
 
 

@@ -27,9 +27,13 @@ from pathlib import Path
 import torch
 
 from .._geometry import ConvGeometry, Pair
+from . import _abi
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c"))
-_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+_HEADERS = (Path(__file__).with_name("_parallel.h"),)
+_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
+# Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
+_THREAD_FLAGS = (["-fopenmp"], ["-pthread"])
 _ELEMENT_SIZES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
 # Below this many input bytes, starting a second thread for the scan costs more than it saves.
 _PARALLEL_MIN_BYTES = 1 << 20
@@ -58,9 +62,11 @@ def _cpu_signature() -> bytes:
 
 def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    # Extra compiler flags, for checking the native code (the tests build it with AddressSanitizer).
+    extra = os.environ.get("ZEROSKIP_NATIVE_CFLAGS", "").split()
     digest = hashlib.sha256(
-        b"".join(source.read_bytes() for source in _SOURCES)
-        + " ".join([str(compiler), *_FLAGS, platform.machine()]).encode()
+        b"".join(source.read_bytes() for source in (*_SOURCES, *_HEADERS))
+        + " ".join([str(compiler), *_FLAGS, *extra, platform.machine()]).encode()
         + _cpu_signature()
     ).hexdigest()[:16]
     target = _cache_dir() / f"engine-{digest}.so"
@@ -73,9 +79,13 @@ def _build() -> ctypes.CDLL:
         os.close(handle)
         start = time.perf_counter()
         try:
-            subprocess.run(
-                [compiler, *_FLAGS, *map(str, _SOURCES), "-o", partial], check=True, capture_output=True, timeout=120
-            )
+            for threads in _THREAD_FLAGS:
+                command = [compiler, *_FLAGS, *extra, *threads, *map(str, _SOURCES), "-o", partial]
+                done = subprocess.run(command, capture_output=True, timeout=120)
+                if done.returncode == 0:
+                    break
+            else:
+                raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
             os.replace(partial, target)
         finally:
             if os.path.exists(partial):
@@ -89,8 +99,7 @@ def _build() -> ctypes.CDLL:
         ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_int, *[ctypes.c_int64] * 11,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
     ]
-    library.zeroskip_execute.restype = ctypes.c_int
-    library.zeroskip_execute.argtypes = [ctypes.POINTER(_Job), ctypes.c_int]
+    _abi.declare(library)
     return library
 
 
@@ -155,37 +164,6 @@ def scan(
     return None if failed else (tiles, rows)
 
 
-_I = ctypes.c_int64
-_P = ctypes.c_void_p
-
-
-class _Job(ctypes.Structure):
-    """``exec_job`` of ``_execute.c``, field for field."""
-
-    _fields_ = [
-        ("x", _P),
-        *[(name, _I) for name in (
-            "batch channels height width xs_b xs_c xs_h xs_w groups kh kw stride_h stride_w dil_h dil_w"
-            " pad_top pad_left out_h out_w"
-        ).split()],
-        ("weight", _P),
-        *[(name, _I) for name in "group_out group_in k".split()],
-        ("bias", _P),
-        ("out", _P),
-        *[(name, _I) for name in "os_b os_c os_h os_w".split()],
-        ("tiles", _P),
-        *[(name, _I) for name in "tiles_i tiles_j tile_h tile_w".split()],
-        ("rows", _P),
-        ("core", _P),
-        *[(name, _I) for name in "core_b core_h core_w band_top band_bottom band_left band_right".split()],
-        ("item_image", _P),
-        ("item_start", _P),
-        ("item_end", _P),
-        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks".split()],
-        ("failed", ctypes.c_int),
-    ]
-
-
 def executes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the native executor runs this call: float32 on the CPU, where the library is built."""
     return x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu" and (
@@ -225,7 +203,7 @@ def execute(
     bias_ = None if bias is None else bias.detach().contiguous()
     tiles = tiles.contiguous()
     rows = None if rows is None else rows.contiguous()
-    job = _Job(
+    job = _abi.Job(
         x.data_ptr(), *x.shape, *x.stride(), g.groups, *g.kernel, *g.stride, *g.dilation, g.pad_top, g.pad_left,
         g.out_height, g.out_width, weight.data_ptr(), g.out_channels // g.groups, g.in_channels // g.groups,
         weight[0].numel(), None if bias_ is None else bias_.data_ptr(), out.data_ptr(), *out.stride(),

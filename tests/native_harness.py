@@ -1,0 +1,93 @@
+"""Drives the native executor from numpy alone (no PyTorch), against a float64 direct convolution.
+
+Run by ``tests/test_native_memory.py`` in a subprocess, with the executor built with AddressSanitizer:
+``python tests/native_harness.py LIBRARY CASES``. Random geometry (groups, strides, dilations,
+padding, channels_last input and output, tiles of one pixel to the whole map, thread counts) and
+random plans; every output must be the convolution where planned and the bias elsewhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_ABI = Path(__file__).resolve().parent.parent / "zeroskip" / "engine" / "_abi.py"
+
+
+def _load_abi():
+    spec = importlib.util.spec_from_file_location("zeroskip_abi", _ABI)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _channels_last(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _reference(x, w, bias, groups, stride, dilation, padding, out_size) -> np.ndarray:
+    (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_size
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cin, cout = x.shape[1] // groups, w.shape[0] // groups
+    ref = np.zeros((x.shape[0], w.shape[0], ho, wo))
+    for g in range(groups):
+        for ky in range(w.shape[2]):
+            for kx in range(w.shape[3]):
+                patch = xp[:, g * cin:(g + 1) * cin, ky * dh:ky * dh + sh * (ho - 1) + 1:sh,
+                           kx * dw:kx * dw + sw * (wo - 1) + 1:sw]
+                taps = w[g * cout:(g + 1) * cout, :, ky, kx]
+                ref[:, g * cout:(g + 1) * cout] += np.einsum("bchw,oc->bohw", patch, taps)
+    return ref + bias.reshape(1, -1, 1, 1)
+
+
+def run(library: str, cases: int) -> None:
+    abi = _load_abi()
+    native = ctypes.CDLL(library)
+    abi.declare(native)
+    rng = random.Random(0)
+    checked = 0
+    while checked < cases:
+        seed = rng.randrange(1 << 30)
+        numbers = np.random.default_rng(seed)
+        batch, groups = rng.randint(1, 3), rng.choice([1, 1, 2, 3])
+        cin, cout = groups * rng.randint(1, 4), groups * rng.choice([1, 5, 13])
+        kernel, stride = (rng.randint(1, 5), rng.randint(1, 5)), (rng.randint(1, 3), rng.randint(1, 3))
+        dilation, padding = (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(0, 3), rng.randint(0, 3))
+        height, width = rng.randint(1, 30), rng.randint(1, 60)
+        ho = (height + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        wo = (width + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        if ho < 1 or wo < 1:
+            continue
+        x = numbers.standard_normal((batch, cin, height, width)).astype(np.float32)
+        w = numbers.standard_normal((cout, cin // groups, *kernel)).astype(np.float32)
+        bias = numbers.standard_normal(cout).astype(np.float32)
+        out = np.full((batch, cout, ho, wo), np.nan, np.float32)
+        x = _channels_last(x) if rng.random() < 0.5 else x
+        out = _channels_last(out) if rng.random() < 0.5 else out
+        th, tw = rng.choice([(1, 1), (1, 3), (2, 16), (16, 32), (ho, wo)])
+        tiles = (numbers.random((batch, -(-ho // th), -(-wo // tw))) < 0.5).astype(np.uint8)
+        rows = (numbers.random((batch, ho)) < 0.7).astype(np.uint8)
+        core = bias.reshape(1, cout, 1, 1).copy()
+        steps = [s // 4 for s in x.strides], [s // 4 for s in out.strides]
+        job = abi.Job(
+            x.ctypes.data, batch, cin, height, width, *steps[0], groups, *kernel, *stride, *dilation, *padding, ho, wo,
+            w.ctypes.data, cout // groups, cin // groups, w[0].size, bias.ctypes.data, out.ctypes.data, *steps[1],
+            tiles.ctypes.data, tiles.shape[1], tiles.shape[2], th, tw, rows.ctypes.data, core.ctypes.data,
+            1, 1, 1, 0, 0, 0, 0,
+        )
+        assert native.zeroskip_execute(ctypes.byref(job), rng.choice([1, 2, 3])) == 0
+        planned = np.repeat(np.repeat(tiles, th, 1), tw, 2)[:, :ho, :wo].astype(bool) & rows.astype(bool)[:, :, None]
+        reference = _reference(x, w, bias, groups, stride, dilation, padding, (ho, wo))
+        expected = np.where(planned[:, None], reference, bias.reshape(1, -1, 1, 1))
+        assert np.allclose(out, expected, rtol=1e-4, atol=1e-4), (seed, float(np.abs(out - expected).max()))
+        checked += 1
+    print(f"{checked} cases ok")
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,40 @@
+"""Memory safety of the native executor: built with AddressSanitizer and driven from numpy (PyTorch
+does not load under it here), any read or write outside its buffers, the input, the output or the
+weights fails the run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENGINE = Path(__file__).resolve().parent.parent / "zeroskip" / "engine"
+HARNESS = Path(__file__).with_name("native_harness.py")
+
+
+def _asan_runtime(compiler: str) -> str | None:
+    done = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    path = done.stdout.strip()
+    return path if done.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
+def test_executor_stays_inside_its_memory(tmp_path):
+    compiler = shutil.which("gcc")
+    runtime = _asan_runtime(compiler) if compiler else None
+    if runtime is None:
+        pytest.skip("needs gcc with AddressSanitizer (libasan)")
+    library = tmp_path / "engine-asan.so"
+    subprocess.run(
+        [compiler, "-O1", "-g", "-march=native", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp",
+         "-shared", "-fPIC", str(ENGINE / "_scan.c"), str(ENGINE / "_execute.c"), "-o", str(library)],
+        check=True, capture_output=True, timeout=120,
+    )
+    env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0"}
+    done = subprocess.run([sys.executable, str(HARNESS), str(library), "150"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "150 cases ok" in done.stdout
