@@ -139,9 +139,11 @@ def _sample_frame(axes, model: nn.Module, sample: np.ndarray, title: str) -> Non
     plan = first_layer_plan(model, sample)
     if plan is not None:
         unit = "tiles" if plan.chosen == "tiles" else "rows"
-        title += f"; first convolution ran {plan.chosen}"
+        ran = f"first convolution ran {plan.chosen}"
         if plan.chosen in ("tiles", "rows"):
-            title += f": {plan.computed} of {plan.total} output {unit} computed (outlined)"
+            ran += f": {plan.computed} of {plan.total} output {unit} computed (outlined)"
+        # A long stream name would push the line past the figure's edge.
+        title += ";\n" + ran if len(title) + len(ran) > 110 else "; " + ran
         axes.add_collection(
             PatchCollection(
                 [Rectangle((x0, y0), x1 - x0, y1 - y0) for x0, y0, x1, y1 in plan.boxes],
@@ -233,7 +235,7 @@ def _per_stream(axes, streams: Sequence[dict], series: Sequence[tuple[str, Seque
         axes.set_ylabel(unit)
     if len(series) > 1:
         if len(streams) <= _NAMED_STREAMS:
-            axes.margins(x=0.45)  # room on the right for the legend (bars are stuck to 0 on the left)
+            axes.margins(x=0.8)  # room on the right for the legend (bars are stuck to 0 on the left)
         axes.legend(loc="upper right", fontsize=8)
 
 
