@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(TORCH_PIN)
-	$(BIN)/pip install -e '.[video,plot,models,dev]'
+	$(BIN)/pip install -e '.[video,plot,models,ray,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

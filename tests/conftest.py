@@ -357,6 +357,13 @@ def vtest_frames(request) -> torch.Tensor:
 
 
 CLIP_FRAMES = 12
+
+
+def failing_write(path: Path, *args: object) -> None:
+    """A report writer that leaves a partial file and fails, as on a disk error."""
+    path.write_bytes(b"partial")
+    raise OSError(5, "Input/output error")
+
 # Files that are not a decodable video: ``bad_video(path, case)`` makes each.
 BAD_VIDEO_CASES = ("missing", "directory", "empty", "text", "truncated")
 

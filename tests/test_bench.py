@@ -34,7 +34,7 @@ def _tiny_settings(out: Path, video: Path | None, workloads: tuple[str, ...], **
         "batches": (1, 2), "threads": (1,), "heaps": ("pinned",), "contention": False, "hd_size": (72, 128),
         "sweep_size": (48, 64), "densities": (0.0, 0.05, 1.0), "repeats": 1, "min_block_s": 0.0,
         "network_models": ("resnet18",), "network_hd_models": ("resnet18",), "network_frames": 2,
-        "network_repeats": 1, "peer": False, **options,
+        "network_repeats": 1, "peer": False, "stream_frames": 2, "stream_size": (64, 96), **options,
     })
 
 
@@ -79,6 +79,14 @@ def test_run_writes_results_for_every_workload(tiny_video: Path, tmp_path: Path,
     assert networks[2]["pixel_density"] == pytest.approx(1.0, abs=0.05)
     targets = [t for t in results["targets"] if t["target"].startswith("W5 resnet18 768x576 masked")]
     assert [t["status"] for t in targets] == ["NOT RUN"]
+
+    # W6 at 1 thread: no Ray row (it needs 2 threads to split); every stream of every run went through.
+    cameras = results["sections"]["W6"]["rows"]
+    assert [r["case"].split(",")[0] for r in cameras] == [
+        "W6 pipeline stem", "W6 pipeline resnet18", "W6 model stage stem", "W6 model stage stem"]
+    assert all(r["speedup"] > 0 and r[k]["failed_streams"] == 0 for r in cameras for k in ("zeroskip",))
+    assert [r["exact"] for r in cameras] == [None, None, True, True] and cameras[0]["rss_mb_per_stream"] is not None
+    assert "## W6: many cameras" in markdown
 
 
 def test_every_configuration_runs_and_is_recorded(tiny_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -352,8 +360,8 @@ def test_default_run_goes_on_without_torchvision(tmp_path: Path, monkeypatch: py
     assert settings.workloads == ("W3",)
     settings = bench.settings_from_args(parser.parse_args(["--no-peer", "--video", __file__, "--out", str(tmp_path)]))
     assert settings.workloads == ("W1", "W2", "W3", "W4")
-    assert "W5 skipped: torchvision is not installed" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="`--workloads` W5 need torchvision"):
+    assert "W5, W6 skipped: torchvision is not installed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="`--workloads` W5, W6 need torchvision"):
         bench.settings_from_args(parser.parse_args(["--workloads", "W3,W5", "--out", str(tmp_path)]))
 
 

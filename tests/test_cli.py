@@ -250,3 +250,55 @@ def test_bench_without_the_suite(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "zeroskip.bench", None)
     assert cli.main(["bench", "--quick"]) == 2
     assert error_line(capsys).startswith("zeroskip: error: the benchmark suite")
+
+
+def test_many_sources_one_run(tmp_path, clip_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "b.avi").write_bytes(clip_path.read_bytes())
+    listing = tmp_path / "cams.txt"
+    listing.write_text("# two more\nvideos/b.avi\n" + str(clip_path) + "\n")
+    out = tmp_path / "out"
+    argv = ["video", str(clip_path), str(videos), str(listing), "--batch-size", "4", "--threads", "1"]
+    argv += ["--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "frames of 4 streams" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary["streams"]] == ["clip", "b", "b-2", "clip-2"]
+    assert sorted(p.name for p in out.iterdir()) == ["b", "b-2", "clip", "clip-2", "report.png", "summary.json"]
+    assert summary["totals"]["frames"] == 4 * CLIP_FRAMES and summary["outputs_agree"]
+
+
+def test_a_bad_stream_among_good_ones_exits_1(tmp_path, clip_path, bad_video, capsys):
+    bad = bad_video(tmp_path / "bad.avi", "truncated")
+    out = tmp_path / "out"
+    assert cli.main(["video", str(clip_path), str(bad), "--batch-size", "4", "--out", str(out)]) == 1
+    assert error_line(capsys) == "zeroskip: error: 1 of 2 streams failed: bad (errors in summary.json)"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in summary["streams"]] == ["ok", "failed"]
+
+
+def test_ctrl_c_in_a_many_stream_run(tmp_path, clip_path, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "run_models", interrupted)
+    assert cli.main(["video", str(clip_path), str(clip_path), "--out", str(tmp_path / "out")]) == 130
+    assert error_line(capsys) == "zeroskip: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(["--workers", "2"], "`--workers` needs `--ray`"), (["--ray", "--workers", "0"], None)],
+)
+def test_bad_ray_options_exit_2(tmp_path, clip_path, capsys, options, message):
+    argv = ["video", str(clip_path), str(clip_path), *options, "--out", str(tmp_path / "out")]
+    if message is None:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    else:
+        assert cli.main(argv) == 2
+        assert message in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

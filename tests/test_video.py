@@ -15,7 +15,7 @@ pytest.importorskip("cv2")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
-from conftest import BAD_VIDEO_CASES, CLIP_FRAMES  # noqa: E402
+from conftest import BAD_VIDEO_CASES, CLIP_FRAMES, failing_write  # noqa: E402
 
 from zeroskip import CallRecord, SparseConv2d, sparsify_, video  # noqa: E402
 from zeroskip.synthetic import SyntheticClip  # noqa: E402
@@ -178,11 +178,7 @@ def test_failure_midway_leaves_previous_contents_alone(tmp_path, monkeypatch, er
 def test_report_failure_leaves_no_output(tmp_path, monkeypatch):
     import zeroskip.report
 
-    def failing(path, *args):
-        path.write_bytes(b"partial")
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(zeroskip.report, "write_report", failing)
+    monkeypatch.setattr(zeroskip.report, "write_report", failing_write)
     with pytest.raises(OSError):
         video.run(small_clip(2), video.Settings(batch_size=2), tmp_path / "out")
     assert _files(tmp_path) == []

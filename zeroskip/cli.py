@@ -1,7 +1,7 @@
 """The ``zeroskip`` command: ``zeroskip demo``, ``zeroskip video PATH`` and ``zeroskip bench``.
 
-Exit codes: 0 success, 1 zeroskip's output differed from dense, 2 bad input (one line on stderr),
-130 interrupted.
+Exit codes: 0 success, 1 zeroskip's output differed from dense or a stream of a many-stream run
+failed, 2 bad input (one line on stderr), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -78,12 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=os.path.join("zeroskip-out", "demo"), help="output directory")
 
     clip = commands.add_parser(
-        "video", parents=[run_options], help="run the experiment on a video file",
+        "video", parents=[run_options], help="run the experiment on video files or cameras",
         description="Mask a static-camera video, run dense and zeroskip models on the same masked batches,"
-        " and write frames.csv, summary.json and report.png.",
+        " and write frames.csv, summary.json and report.png. With several sources: one run, frames batched"
+        " across streams, one frames.csv per stream under --out/<stream>/.",
     )
-    clip.add_argument("path", help="video file (anything OpenCV decodes)")
-    clip.add_argument("--out", help="output directory (default: zeroskip-out/<video name>)")
+    clip.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="video files, directories of videos, list files (.txt: one source a line), camera indices or"
+        " rtsp:// / http:// URLs; several make one run with frames batched across streams",
+    )
+    clip.add_argument(
+        "--out", help="output directory (default: zeroskip-out/<video name>, or zeroskip-out/streams for several)",
+    )
+    clip.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="shard the streams over Ray actors: a local Ray instance, or the cluster at ADDRESS",
+    )
+    clip.add_argument("--workers", type=_positive_int, help="Ray actors (with --ray; default 2)")
 
     commands.add_parser(
         "bench", add_help=False, help="run the benchmark suite (arguments go to it; try: zeroskip bench --help)",
@@ -110,11 +122,21 @@ def _demo(args: argparse.Namespace) -> tuple[dict, machine.Load]:
 
 
 def _video(args: argparse.Namespace) -> tuple[dict, machine.Load]:
+    from . import sources, streams
+
     settings = _settings(args)
-    frames, info = video.open_video(args.path)
-    out = args.out or os.path.join("zeroskip-out", Path(args.path).stem)
+    if args.workers is not None and args.ray is None:
+        raise ValueError(f"`--workers` needs `--ray`, got --workers {args.workers} without it")
+    resolved = sources.resolve(args.sources)
+    if args.ray is None and len(args.sources) == 1 and [s.text for s in resolved] == args.sources:
+        # One clip or camera: the single-stream run, its outputs directly in --out.
+        frames, info = resolved[0].open()
+        out = args.out or os.path.join("zeroskip-out", Path(args.sources[0]).stem)
+        load = _warn_if_busy(args)
+        return video.run(frames, settings, out, source=asdict(info), total=info.frame_count), load
+    out = args.out or os.path.join("zeroskip-out", "streams")
     load = _warn_if_busy(args)
-    return video.run(frames, settings, out, source=asdict(info), total=info.frame_count), load
+    return streams.run(resolved, settings, out, progress=True, ray=args.ray, workers=args.workers or 2), load
 
 
 def _bench(argv: list[str]) -> int:
@@ -170,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"zeroskip: error: {_describe(error)}", file=sys.stderr)
         return 2
+    if "streams" in summary:
+        from .streams import format_summary
+
+        print(format_summary(summary))
+        return _streams_status(summary)
     print(video.format_summary(summary))
     print("\n".join(machine.speedup_notes(summary, load)))
     if not summary["outputs_agree"]:
@@ -179,6 +206,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _streams_status(summary: dict) -> int:
+    """Exit code of a many-stream run, with one stderr line per problem: 1 if a stream failed or
+    zeroskip differed from dense anywhere, else 0."""
+    failed = [s["name"] for s in summary["streams"] if s["status"] == "failed"]
+    if failed:
+        print(f"zeroskip: error: {len(failed)} of {len(summary['streams'])} streams failed: {', '.join(failed)}"
+              " (errors in summary.json)", file=sys.stderr)
+    if not summary["outputs_agree"]:
+        where = "; ".join(f"{m['stream']} batches {m['batches']}" for m in summary["mismatched"])
+        print(f"zeroskip: error: zeroskip's output differs from dense in {where}", file=sys.stderr)
+    return 1 if failed or not summary["outputs_agree"] else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from math import nan
 from numbers import Integral
 from pathlib import Path
 
@@ -40,7 +41,6 @@ COLUMNS = (
     "batch", "frames", "sparsity_before", "sparsity_after", "t_sparse", "t_orig",
     "active_fraction", "mode", "speedup", "max_abs_err",
 )
-OUTPUT_NAMES = ("frames.csv", "summary.json", "report.png")
 SPARSE_MODES = ("auto", "rows", "tiles")
 # torch.testing.assert_close's float32 tolerances: the library's definition of "equal to dense".
 _RTOL, _ATOL = 1.3e-6, 1e-5
@@ -129,7 +129,6 @@ def open_video(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], VideoInfo
         ValueError: ``path`` is missing, a directory, empty, unreadable, not a video OpenCV can
             open, or has no decodable frame.
     """
-    cv2 = _cv2()
     text = os.fspath(path)
     if not os.path.exists(text):
         raise ValueError(f"`path` must be an existing video file, got {text!r} (no such file)")
@@ -142,17 +141,34 @@ def open_video(path: str | os.PathLike) -> tuple[Iterator[np.ndarray], VideoInfo
         raise ValueError(f"`path` must be a readable video file, got {text!r} ({error.strerror})") from None
     if empty:
         raise ValueError(f"`path` must be a video file, got {text!r} (an empty file)")
+    return open_capture(text, text, "path")
+
+
+def open_capture(target: str | int, text: str, name: str) -> tuple[Iterator[np.ndarray], VideoInfo]:
+    """Open anything ``cv2.VideoCapture`` opens (a file, a camera index, an ``rtsp://`` URL) and
+    decode its first frame; errors name the argument ``name`` and show ``text``.
+
+    Returns:
+        An iterator over the ``(H, W, 3)`` uint8 BGR frames (the first one included) and the
+        source's :class:`VideoInfo`.
+
+    Raises:
+        ValueError: OpenCV cannot open ``target`` or decode a first frame from it.
+    """
+    cv2 = _cv2()
     with _quiet_stderr():
-        capture = cv2.VideoCapture(text)
+        capture = cv2.VideoCapture(target)
         ok, first = capture.read() if capture.isOpened() else (False, None)
     if not capture.isOpened():
         capture.release()
-        raise ValueError(f"`path` must be a video file OpenCV can decode, got {text!r}")
+        raise ValueError(f"`{name}` must be a video file OpenCV can decode, got {text!r}")
     if not ok or first is None:
         capture.release()
-        raise ValueError(f"`path` must hold at least one decodable frame, got {text!r}")
+        raise ValueError(f"`{name}` must hold at least one decodable frame, got {text!r}")
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    info = VideoInfo(text, first.shape[1], first.shape[0], float(capture.get(cv2.CAP_PROP_FPS)), count or None)
+    # Live sources report no count (0) or a negative one.
+    fps = float(capture.get(cv2.CAP_PROP_FPS))
+    info = VideoInfo(text, first.shape[1], first.shape[0], fps, count if count > 0 else None)
 
     def frames() -> Iterator[np.ndarray]:
         try:
@@ -238,6 +254,9 @@ class BatchResult:
     speedup: float
     max_abs_err: float
     agree: bool
+    # Whether the model's outputs are feature maps (B, C, H, W), whose zeros mean something; a
+    # classifier's logits have none.
+    spatial: bool = True
 
     def csv_row(self) -> list[object]:
         return [
@@ -299,88 +318,158 @@ def assert_outputs_agree(actual: object, expected: object) -> None:
             raise AssertionError(f"output tensor {index}: {error}") from None
 
 
-def measure_batch(index: int, x: torch.Tensor, dense: nn.Module, sparse: nn.Module) -> BatchResult:
-    """Time ``dense`` and ``sparse`` on the same batch ``x`` ``(B, C, H, W)`` and compare their outputs.
+@dataclass
+class ModelRun:
+    """Both models (or one) timed on one batch ``x`` ``(B, C, H, W)``, and their outputs.
 
-    ``sparsity_after`` is the percentage of zero values in the dense output (all its tensors).
+    Attributes:
+        index: the batch's number.
+        x: the batch.
+        y_sparse: zeroskip's output, ``None`` when only dense ran.
+        y_dense: dense's output, ``None`` when only zeroskip ran.
+        t_sparse: zeroskip's time in seconds (NaN when it did not run).
+        t_orig: dense's time in seconds (NaN when it did not run).
+        active_fraction: fraction of the dense work zeroskip computed (1.0 when it did not run).
+        mode: :func:`mode_label` of zeroskip's calls.
     """
-    with torch.inference_mode():
-        with _profiler.profile() as prof:
-            if index % 2 == 0:
-                y_dense, t_orig = _timed(dense, x)
-                y_sparse, t_sparse = _timed(sparse, x)
-            else:
-                y_sparse, t_sparse = _timed(sparse, x)
-                y_dense, t_orig = _timed(dense, x)
-        pairs = list(zip(_tensors(y_sparse), _tensors(y_dense)))
-        error = max((float((a - b).abs().max()) for a, b in pairs if b.numel()), default=0.0)
-        zeros = sum(int((b == 0).sum()) for _, b in pairs)
+
+    index: int
+    x: torch.Tensor
+    y_sparse: object
+    y_dense: object
+    t_sparse: float
+    t_orig: float
+    active_fraction: float
+    mode: str
+
+    def result(self, rows: slice = slice(None)) -> BatchResult:
+        """The :class:`BatchResult` of the images ``rows`` of the batch (every model output's first
+        dimension is the batch), with the batch's times shared in proportion to their number.
+
+        ``sparsity_after`` is the percentage of zero values in the dense output (all its tensors),
+        or in zeroskip's when dense did not run; with one model, nothing is compared
+        (``max_abs_err`` NaN, ``agree`` true).
+        """
+        x = self.x[rows]
+        share = x.shape[0] / self.x.shape[0]
+        sparse = [t[rows] for t in _tensors(self.y_sparse)]
+        dense = [t[rows] for t in _tensors(self.y_dense)]
+        reference = dense if self.y_dense is not None else sparse
+        pairs = list(zip(sparse, dense))
+        error = max((float((a - b).abs().max()) for a, b in pairs if b.numel()), default=0.0) if pairs else nan
+        zeros = sum(b.numel() - int(torch.count_nonzero(b)) for b in reference)
+        t_sparse, t_orig = share * self.t_sparse, share * self.t_orig
         return BatchResult(
-            batch=index,
+            batch=self.index,
             frames=x.shape[0],
-            sparsity_before=100.0 * float((x == 0).float().mean()),
-            sparsity_after=100.0 * zeros / max(1, sum(b.numel() for _, b in pairs)),
+            sparsity_before=100.0 * (1.0 - int(torch.count_nonzero(x)) / max(1, x.numel())),
+            sparsity_after=100.0 * zeros / max(1, sum(b.numel() for b in reference)),
             t_sparse=t_sparse,
             t_orig=t_orig,
-            active_fraction=work_fraction(prof.records, sparse),
-            mode=mode_label(prof.records),
+            active_fraction=self.active_fraction,
+            mode=self.mode,
             speedup=t_orig / t_sparse if t_sparse > 0 else float("inf"),
             max_abs_err=error,
             agree=all(outputs_agree(a, b) for a, b in pairs),
+            spatial=all(b.ndim == 4 for b in reference),
         )
 
 
-class _Outputs:
-    """The three output files, written under temporary names and renamed into place only when
-    all of them are complete; on failure the temporary files (and any directory made for them)
-    are removed, so a run leaves either all three files or none."""
+def run_models(index: int, x: torch.Tensor, dense: nn.Module | None, sparse: nn.Module | None) -> ModelRun:
+    """Time ``dense`` and ``sparse`` (either may be ``None``: not run) on the same batch ``x``
+    ``(B, C, H, W)``, dense first on even batches and zeroskip first on odd ones."""
+    y_dense = y_sparse = None
+    t_orig = t_sparse = nan
+    with torch.inference_mode():
+        with _profiler.profile() as prof:
+            if dense is not None and (index % 2 == 0 or sparse is None):
+                y_dense, t_orig = _timed(dense, x)
+            if sparse is not None:
+                y_sparse, t_sparse = _timed(sparse, x)
+            if dense is not None and y_dense is None:
+                y_dense, t_orig = _timed(dense, x)
+    return ModelRun(
+        index, x, y_sparse, y_dense, t_sparse, t_orig,
+        work_fraction(prof.records, sparse) if sparse is not None else 1.0, mode_label(prof.records),
+    )
 
-    def __init__(self, out: str | os.PathLike) -> None:
+
+def measure_batch(index: int, x: torch.Tensor, dense: nn.Module, sparse: nn.Module) -> BatchResult:
+    """Time ``dense`` and ``sparse`` on the same batch ``x`` ``(B, C, H, W)`` and compare their outputs
+    (see :meth:`ModelRun.result`)."""
+    return run_models(index, x, dense, sparse).result()
+
+
+class Outputs:
+    """The output files of a run: one or more ``frames.csv`` tables (``tables``, paths relative to
+    ``out``, e.g. ``"cam1/frames.csv"``), ``summary.json`` and ``report.png``. All are written under
+    temporary names and renamed into place only when all of them are complete; on failure the
+    temporary files (and any directory made for them) are removed, so a run leaves either all of
+    its files or none.
+
+    Raises:
+        ValueError: ``out`` (or a directory below it) cannot be created or written.
+    """
+
+    def __init__(self, out: str | os.PathLike, tables: Iterable[str] = ("frames.csv",)) -> None:
         self.directory = Path(out)
         self._created: list[Path] = []
         self._temps: dict[str, Path] = {}
+        self._files: dict[str, object] = {}
+        self._writers: dict[str, object] = {}
         try:
-            missing = []
-            parent = self.directory
-            while not parent.exists():
-                missing.append(parent)
-                parent = parent.parent
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._created = missing
-            self.csv_file = open(self._temp("frames.csv"), "w", newline="")
+            for table in tables:
+                self._make_directory((self.directory / table).parent)
+                handle = self._files[table] = open(self._temp(table), "w", newline="")
+                self._writers[table] = csv.writer(handle)
+                self._writers[table].writerow(COLUMNS)
         except OSError as error:
             self.discard()
             raise ValueError(f"`out` must be a writable directory, got {str(out)!r} ({_reason(error)})") from None
-        self.csv = csv.writer(self.csv_file)
-        self.csv.writerow(COLUMNS)
+
+    def _make_directory(self, directory: Path) -> None:
+        missing = []
+        parent = directory
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        # Deepest first, the order in which discard() can remove them.
+        self._created = missing + self._created
 
     def _temp(self, name: str) -> Path:
         # Not tempfile.mkstemp: its files are private (0600); these keep the umask's permissions.
-        temp = self.directory / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        target = self.directory / name
+        temp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         temp.open("x").close()
         self._temps[name] = temp
         return temp
 
-    def add_row(self, result: BatchResult) -> None:
-        self.csv.writerow(result.csv_row())
-        self.csv_file.flush()
+    def add_row(self, result: BatchResult, table: str = "frames.csv") -> None:
+        self._writers[table].writerow(result.csv_row())
+        self._files[table].flush()
 
     def commit(self, summary: dict, write_report: Callable[[Path], None]) -> dict[str, str]:
-        """Finish the CSV, write the summary and the report, and move all three into place."""
-        self.csv_file.close()
+        """Finish the tables, write the summary and the report, and move every file into place.
+
+        Returns:
+            The final path of every file, by its name relative to ``out``.
+        """
+        for handle in self._files.values():
+            handle.close()
         with open(self._temp("summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
             handle.write("\n")
         write_report(self._temp("report.png"))
         paths = {}
-        for name in OUTPUT_NAMES:
+        for name in [*self._files, "summary.json", "report.png"]:
             os.replace(self._temps.pop(name), self.directory / name)
             paths[name] = str(self.directory / name)
         return paths
 
     def discard(self) -> None:
-        if getattr(self, "csv_file", None) is not None:
-            self.csv_file.close()
+        for handle in self._files.values():
+            handle.close()
         for temp in self._temps.values():
             temp.unlink(missing_ok=True)
         self._temps.clear()
@@ -388,7 +477,7 @@ class _Outputs:
             try:
                 directory.rmdir()
             except OSError:
-                break
+                pass
 
 
 def _reason(error: OSError) -> str:
@@ -475,8 +564,7 @@ def run(
         settings: what to run.
         out: output directory, created if missing.
         source: description of the clip, stored in the summary.
-        total: expected frame count, for the progress bar and the choice of the report's sample
-            frame (the middle one); ``None`` if unknown.
+        total: expected frame count, for the progress bar; ``None`` if unknown.
         progress: show a progress bar on stderr (when stderr is a terminal).
 
     Returns:
@@ -497,9 +585,8 @@ def run(
     masker = BackgroundMasker(settings.subtractor)
     if total is not None and settings.max_frames is not None:
         total = min(total, settings.max_frames)
-    sample_at = (total or 1) // 2
     previous_threads = torch.get_num_threads()
-    outputs = _Outputs(out)
+    outputs = Outputs(out)
     try:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
@@ -507,14 +594,13 @@ def run(
         env = environment()
         results: list[BatchResult] = []
         batch: list[np.ndarray] = []
-        sample = None
+        sample = None  # (frame number, masked frame, non-zero values): the run's most active frame
         # disable=None: a bar on a terminal, nothing in logs and pipes.
         bar = tqdm(total=total, unit="frame", desc="zeroskip", file=sys.stderr, disable=None if progress else True)
         with bar:
             for index, frame in enumerate(_checked(frames, settings.max_frames)):
                 batch.append(masker(frame))
-                if index <= sample_at:
-                    sample = (index, batch[-1])
+                sample = most_active(sample, index, batch[-1])
                 bar.update(1)
                 if len(batch) == settings.batch_size:
                     results.append(_process(batch, len(results), dense, sparse, outputs))
@@ -536,7 +622,16 @@ def run(
         torch.set_num_threads(previous_threads)
 
 
-def _process(frames: list[np.ndarray], index: int, dense: nn.Module, sparse: nn.Module, outputs: _Outputs):
+def most_active(
+    best: tuple[int, np.ndarray, int] | None, index: int, frame: np.ndarray
+) -> tuple[int, np.ndarray, int]:
+    """``(index, frame, non-zero values)`` of whichever of ``best`` and this masked frame has more
+    non-zero values (the earlier on a tie): the report shows it, where zeroskip has most to do."""
+    count = int(np.count_nonzero(frame))
+    return best if best is not None and best[2] >= count else (index, frame, count)
+
+
+def _process(frames: list[np.ndarray], index: int, dense: nn.Module, sparse: nn.Module, outputs: Outputs):
     x = frames_to_tensor(frames)
     if index == 0:
         # Untimed warm-up: first calls pay for allocator growth and kernel selection.

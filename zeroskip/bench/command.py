@@ -99,7 +99,7 @@ def _has_module(name: str) -> bool:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from parsed arguments, checked so that a run cannot fail on them halfway.
 
-    Without torchvision, the default run leaves out the workloads that need it (W5).
+    Without torchvision, the default run leaves out the workloads that need it (W5, W6).
 
     Raises:
         ValueError: a workload needs the video and none is found, OpenCV is missing, or torchvision

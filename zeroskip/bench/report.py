@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from .heap import HEAP_MODES
 from .networks import stage_cell
 from .settings import Config
+from .streams import streams_table
 from .workloads.w3 import SPARSE_MODES
 
 
@@ -108,7 +109,7 @@ def _network_table(rows: Sequence[dict]) -> list[str]:
     ])
 
 
-_SECTION_TABLES = {"speed": _speed_table, "sweep": _sweep_table, "network": _network_table}
+_SECTION_TABLES = {"speed": _speed_table, "sweep": _sweep_table, "network": _network_table, "streams": streams_table}
 
 
 def _cores(value: float | None) -> str:

@@ -66,6 +66,9 @@ class Settings:
         network_frames: frames of the window W5 cycles through (batch 1), each checked against dense.
         network_repeats: timed blocks per function in W5 (a network call is long), rounded up to a multiple
             of ``network_frames`` so that every frame is timed equally often.
+        stream_frames: frames per stream of W6's stem runs (16 streams).
+        stream_size: ``(H, W)`` of W6's synthetic streams (vtest's size, so that all streams batch together).
+        stream_network_frames: frames per stream of W6's resnet18 runs.
         peer: time spconv next to W1 when it is installed.
         memory: measure peak memory.
         note: free text stored with the results (e.g. "provisional run on a busy machine").
@@ -94,6 +97,9 @@ class Settings:
     network_hd_models: tuple[str, ...] = NETWORK_HD_MODELS
     network_frames: int = 4
     network_repeats: int = 8
+    stream_frames: int = 32
+    stream_size: tuple[int, int] = (576, 768)
+    stream_network_frames: int = 4
     peer: bool = True
     memory: bool = True
     note: str = ""
@@ -105,6 +111,7 @@ class Settings:
             "quick": True, "repeats": 5, "min_block_s": 0.03, "frames": 8, "hd_frames": 3, "batches": (1,),
             "densities": QUICK_DENSITIES, "patterns": QUICK_PATTERNS, "network_models": ("resnet18",),
             "network_hd_models": ("resnet18",), "network_frames": 2, "network_repeats": 4,
+            "stream_frames": 8, "stream_network_frames": 1,
         }
         return cls(**{**base, **overrides})
 

@@ -49,6 +49,10 @@ def _dense_input(row: dict) -> bool:
     return row.get("input") == "unmasked" or (row.get("pattern") == "blobs" and row.get("density") == 1.0)
 
 
+def _case(prefix: str) -> Callable[[dict], bool]:
+    return lambda row: row["case"].startswith(prefix)
+
+
 def _every(row: dict) -> bool:
     return True
 
@@ -70,6 +74,13 @@ TARGETS = (
            at_least=False),
     Target("W3 auto speed-up at 5% pixel density", ("W3",),
            lambda row: row["pattern"] == "blobs" and row["density"] == 0.05, _constant(2.0)),
+    # Issue 12: many cameras.
+    Target("W6 whole-pipeline steady frames/s, stem, zeroskip over dense", ("W6",), _case("W6 pipeline stem"),
+           _constant(1.8)),
+    Target("W6 whole-pipeline steady frames/s, resnet18, zeroskip over dense", ("W6",), _case("W6 pipeline resnet18"),
+           _constant(1.4)),
+    Target("W6 steady frames/s, 2 Ray workers over one process with the same threads", ("W6",), _case("W6 Ray"),
+           _constant(0.9)),
     Target("peak memory of a zeroskip call over the dense call's", ("W1", "W2", "W3", "W4", "W5"),
            lambda row: row.get("memory_ratio") is not None, _constant(1.1), "memory_ratio", at_least=False),
 )
@@ -128,7 +139,24 @@ def _contention(sections: dict[str, dict], threads: int) -> list[dict]:
     return entries or [_entry(ratio_text, None, None, None, False), _entry(floor_text, None, None, None, False)]
 
 
+def _cross_stream(sections: dict[str, dict]) -> list[dict]:
+    """W6's model stage at batch 16 across streams against W1 at batch 16, per thread count and heap mode."""
+    text = "W6 model-stage speed-up, 16 streams at cross-stream batch 16, over W1 batch 16's"
+    w1 = {(row["threads"], row["heap"]): row for row in sections.get("W1", {}).get("rows", [])
+          if row["load"] == "quiet" and row["batch"] == 16}
+    entries = []
+    for row in sections.get("W6", {}).get("rows", []):
+        reference = w1.get((row["threads"], row["heap"]))
+        if row["case"].startswith("W6 model stage stem, 16") and reference is not None:
+            ratio = row["speedup"] / reference["speedup"]
+            entries.append(_entry(f"{text} >= 1", row["threads"], row["heap"], ratio, ratio >= 1.0,
+                                  f"{ratio:.2f} ({row['speedup']:.2f}x against {reference['speedup']:.2f}x)"))
+    return entries or [_entry(f"{text} >= 1 (needs W1 with batch 16 and W6)", None, None, None, False)]
+
+
 def _exactness(rows: Sequence[dict]) -> dict:
+    # Rows that compare nothing (W6's pipeline runs, one model each) have exact None.
+    rows = [row for row in rows if row["exact"] is not None]
     wrong = [f"{row['case']} ({row['threads']}t {row['heap']} {row['load']})" for row in rows if not row["exact"]]
     return _entry("every zeroskip output equals dense (assert_close)", None, None, len(rows) if rows else None,
                   not wrong, f"{len(rows) - len(wrong)}/{len(rows)} cases" + (f"; wrong: {', '.join(wrong)}" if wrong
@@ -149,5 +177,6 @@ def evaluate_targets(sections: dict[str, dict], contention_threads: int) -> list
     """
     entries = [entry for target in TARGETS for entry in _evaluate(target, sections)]
     entries += _contention(sections, contention_threads)
+    entries += _cross_stream(sections)
     entries.append(_exactness([row for section in sections.values() for row in section["rows"]]))
     return entries

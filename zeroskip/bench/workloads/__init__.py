@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..settings import Context
-from . import w1, w2, w3, w4, w5
+from . import w1, w2, w3, w4, w5, w6
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class Workload:
     The runner tags every row with the configuration it ran in (``threads``, ``heap``, ``load``).
 
     A section is a dict with ``title``, ``kind`` (``"speed"``: rows from :func:`speed_row`; ``"sweep"``:
-    W3's rows; ``"network"``: rows from :func:`network_row`) and ``rows``, optionally ``notes``; any
+    W3's rows; ``"network"``: rows from :func:`network_row`; ``"streams"``: W6's comparisons) and
+    ``rows``, optionally ``notes``; any
     other key (W1's ``breakdown`` and ``peer``) belongs to that one run and goes to its record in
     ``results["runs"]``.
     """
@@ -37,5 +38,6 @@ WORKLOADS: dict[str, Workload] = {
     "W3": Workload("density sweep on synthetic frames, every mode", False, w3.run),
     "W4": Workload("inner layers with vtest masks", True, w4.run),
     "W5": Workload("whole networks on vtest frames", True, w5.run, needs_models=True, contention=True),
+    "W6": Workload("many cameras: 16 streams through the whole pipeline", True, w6.run, needs_models=True),
 }
 
