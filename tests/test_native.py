@@ -150,9 +150,7 @@ def test_sampled_scan_ends_dense_images_early():
     with zeroskip.profile() as calls:
         for x in (dense, sparse):
             torch.testing.assert_close(zeroskip.conv2d(x, weight, None, 2, 3), F.conv2d(x, weight, None, 2, 3))
-    # A 3-channel layer runs faster through the native kernel than dense, even on a dense image.
-    first = calls.records[0]
-    assert (first.chosen, first.detail.split()[0]) in (("dense", "sampled"), ("tiles", "native")), first
+    assert calls.records[0].chosen == "dense" and calls.records[0].detail.startswith("sampled activity")
     assert calls.records[1].chosen in ("tiles", "rows")
 
 

@@ -34,7 +34,7 @@ class Job(ctypes.Structure):
         ("item_image", _P),
         ("item_start", _P),
         ("item_end", _P),
-        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks".split()],
+        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks chunk".split()],
         ("panels", _P),
         ("panel_state", _P),
         ("tap_dy", _P),

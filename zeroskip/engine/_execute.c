@@ -39,7 +39,7 @@
 #define NR (VLEN * NV)
 #define MAX_THREADS 256
 #ifndef KC
-#define KC 64
+#define KC 64 /* at most; see zeroskip_execute */
 #endif
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
@@ -78,7 +78,7 @@ typedef struct {
     int64_t items;
     int64_t next; /* the next item to take (atomic) */
     /* buffer geometry, shared by every thread */
-    int64_t phase_w, buffer_rows, item_rows, blocks, chunks;
+    int64_t phase_w, buffer_rows, item_rows, blocks, chunks, chunk;
     /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
     float *panels;
     int *panel_state;
@@ -177,14 +177,14 @@ typedef struct {
  * it first, into memory shared by all; a thread that finds another one packing it packs its own
  * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
 static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
-    int64_t index = (g * job->blocks + blk) * job->chunks + t0 / KC;
+    int64_t index = (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
     int *state = job->panel_state + index;
     float *a = job->panels + index * KC * MR;
     int expected = 0;
     if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
     if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
     int64_t m = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
-    int64_t taps = job->k - t0 < KC ? job->k - t0 : KC;
+    int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
     for (int64_t i = 0; i < MR; i++) {
         const float *w = job->weight + (m + i) * job->k + t0;
         for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[t] : 0.0f;
@@ -218,8 +218,8 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
                     int64_t g, int64_t r0) {
     float *out = job->out + b * job->os_b;
     int64_t m0 = g * job->group_out;
-    for (int64_t t0 = 0; t0 < job->k; t0 += KC) {
-        int64_t taps = job->k - t0 < KC ? job->k - t0 : KC;
+    for (int64_t t0 = 0; t0 < job->k; t0 += job->chunk) {
+        int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
         for (int64_t r = 0; r < row_count; r++)
             tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * KC);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
@@ -401,6 +401,8 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->item_rows = most;
     job->blocks = (job->group_out + MR - 1) / MR;
     job->chunks = (job->k + KC - 1) / KC;
+    /* Chunks of equal size: a short last chunk (147 = 64 + 64 + 19) runs the kernel far below its speed. */
+    job->chunk = (job->k + job->chunks - 1) / job->chunks;
     int64_t count = job->groups * job->blocks * job->chunks;
     job->panels = (float *)malloc((size_t)(count * KC * MR) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
