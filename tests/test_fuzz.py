@@ -107,6 +107,16 @@ def _sparse_input(case: dict, shape: tuple[int, int, int, int]) -> torch.Tensor:
     return x.to(case["dtype"])
 
 
+def _out_size(case: dict) -> tuple[int, int]:
+    pads = (0, 0) if isinstance(case["padding"], str) else _pair(case["padding"])
+    return tuple(  # type: ignore[return-value]
+        (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+        for size, pad, dilation, kernel, stride in zip(
+            (case["height"], case["width"]), pads, _pair(case["dilation"]), case["kernel"], _pair(case["stride"])
+        )
+    )
+
+
 def _crashes_pytorch(case: dict) -> bool:
     """Cases where PyTorch 2.14's CPU ``F.conv2d`` itself cannot serve as the reference:
 
@@ -116,9 +126,9 @@ def _crashes_pytorch(case: dict) -> bool:
       random ones, padding 0 included) and reads outside the input (NaN, 1e36, segfaults seen in the
       slow profile). zeroskip sends these calls to dense; a reference that differs from run to run
       cannot check them;
-    - in bfloat16 and float16 on this AVX-512 machine, on an unbatched input or one whose channels are
-      strided (not adjacent), with a kernel nearly as wide as the input, it returns NaN or 1e37 now and
-      then on an all-zero input, without dilation (a zeroskip call that ran the very same dense
+    - in bfloat16 and float16 on this AVX-512 machine, with a kernel as wide (or tall) as the padded
+      input, so that the output is one pixel wide (or tall), it returns NaN or 1e37 now and then on an
+      all-zero input, without dilation, in every layout (a zeroskip call that ran the very same dense
       ``F.conv2d`` differed from the reference; the previous, AVX2 machine never showed it).
     """
     thin = [size == 1 and k == 1 and d > 1 for size, k, d in
@@ -126,6 +136,7 @@ def _crashes_pytorch(case: dict) -> bool:
     reduced = case["dtype"] in (torch.bfloat16, torch.float16)
     unreliable = reduced and (
         _pair(case["dilation"]) != (1, 1) or case["layout"] == "channel_strided" or case["batch"] is None
+        or 1 in _out_size(case)
     )
     return ("channels_last" in case["layout"] and case["bias"] and any(thin)) or unreliable
 

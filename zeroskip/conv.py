@@ -30,7 +30,7 @@ def _conv2d(
     g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
     # Checked here, not where the tiles need it, so that a bad value fails on every path.
     tile_size = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else None
-    if autograd.needs_grad(input, weight, bias) and not engine.dense_reason(input, weight, bias, g):
+    if autograd.needs_grad(input, weight, bias) and not engine.dense_reason(input, weight, bias):
         # Forward sparse, backward dense: the Function calls back here with grad mode off.
         return autograd.conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size, name, g)
     timed = _profiler.recording()

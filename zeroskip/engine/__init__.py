@@ -57,7 +57,7 @@ def run(
         them), the fraction of the output computed, and the plan detail (or the dense reason).
     """
     with record_function("zeroskip::check"):
-        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias, g)
+        reason = "mode=dense" if mode == "dense" else dense_reason(x, weight, bias)
         if not reason:
             use_native = native.executes(x, weight)
             costs = image_costs(g, x.element_size(), activity is None)

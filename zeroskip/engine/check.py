@@ -23,7 +23,7 @@ _DENSE_SAMPLE_DENSITY = 0.5
 _SAMPLE_MARGIN = 0.1
 
 
-def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g: ConvGeometry) -> str:
+def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
     """Why this call cannot take a sparse path at all, or ``""`` if it can (weights not checked)."""
     if x.shape[0] == 0 or x.numel() == 0:
         return "empty input"
@@ -34,11 +34,12 @@ def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         bias is not None and (bias.dtype != x.dtype or bias.device != x.device)
     ):
         return "mixed dtypes or devices"
-    if x.dtype in _REDUCED and x.device.type == "cpu" and g.dilation != (1, 1):
-        # PyTorch 2.14's CPU kernels for these give wrong values (and read outside the input) on some
-        # dilated geometries, differently for a padded call and for the same call on a pre-padded
-        # patch: only the dense call itself returns what dense returns.
-        return f"dilated {x.dtype} on CPU"
+    if x.dtype in _REDUCED and x.device.type == "cpu":
+        # PyTorch 2.14's CPU kernels for these give wrong values on some geometries (dilated ones; a
+        # stride that skips an Inf on a slice of a channels_last input; garbage reads), differently
+        # for the whole input than for a slice or a pre-padded patch of it: only the dense call
+        # itself returns what dense returns.
+        return f"{str(x.dtype).removeprefix('torch.')} on CPU"
     return ""
 
 
