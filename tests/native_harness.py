@@ -1,9 +1,10 @@
-"""Drives the native executor from numpy alone (no PyTorch), against a float64 direct convolution.
+"""Drives the native executor and scan from numpy alone (no PyTorch), against direct answers.
 
-Run by ``tests/test_native_memory.py`` in a subprocess, with the executor built with AddressSanitizer:
+Run by ``tests/test_native_memory.py`` in a subprocess, with the library built with AddressSanitizer:
 ``python tests/native_harness.py LIBRARY CASES``. Random geometry (groups, strides, dilations,
 padding, channels_last input and output, tiles of one pixel to the whole map, thread counts) and
-random plans; every output must be the convolution where planned and the bias elsewhere.
+random plans; every output must be the convolution where planned and the bias elsewhere, and the
+scan's active rows must be those whose receptive field holds a non-zero value.
 """
 
 from __future__ import annotations
@@ -43,6 +44,31 @@ def _reference(x, w, bias, groups, stride, dilation, padding, out_size) -> np.nd
                 taps = w[g * cout:(g + 1) * cout, :, ky, kx]
                 ref[:, g * cout:(g + 1) * cout] += np.einsum("bchw,oc->bohw", patch, taps)
     return ref + bias.reshape(1, -1, 1, 1)
+
+
+def _check_scan(native, x, kernel, stride, dilation, padding, out_size, tile, threads, row_step) -> None:
+    """The scan's active output rows against the input rows under each output row."""
+    batch, _, height, width = x.shape
+    (ho, wo), (th, tw) = out_size, tile
+    window = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+    tiles = np.zeros((batch, -(-ho // th), -(-wo // tw)), np.uint8)
+    rows = np.zeros((batch, ho), np.uint8)
+    x = x.astype(np.float32)
+    steps = [s // 4 for s in x.strides]
+    native.zeroskip_scan(
+        ctypes.c_void_p(x.ctypes.data), *[ctypes.c_int64(v) for v in (*x.shape, *steps)], ctypes.c_int(4),
+        *[ctypes.c_int64(v) for v in (tiles.shape[1], th, stride[0], padding[0], window[0], ho,
+                                      tiles.shape[2], tw, stride[1], padding[1], window[1])],
+        ctypes.c_void_p(tiles.ctypes.data), ctypes.c_void_p(rows.ctypes.data), ctypes.c_int64(row_step),
+        ctypes.c_int(threads),
+    )
+    if row_step != 1:
+        return  # a sample: only memory safety is checked
+    any_row = (x != 0).any(axis=(1, 3))
+    for o in range(ho):
+        top = o * stride[0] - padding[0]
+        expected = any_row[:, max(top, 0):max(min(top + window[0], height), 0)].any(axis=1)
+        assert (rows[:, o].astype(bool) == expected).all(), ("scan rows", o)
 
 
 def run(library: str, cases: int) -> None:
@@ -85,6 +111,8 @@ def run(library: str, cases: int) -> None:
         reference = _reference(x, w, bias, groups, stride, dilation, padding, (ho, wo))
         expected = np.where(planned[:, None], reference, bias.reshape(1, -1, 1, 1))
         assert np.allclose(out, expected, rtol=1e-4, atol=1e-4), (seed, float(np.abs(out - expected).max()))
+        _check_scan(native, x * (numbers.random(x.shape) < 0.05), kernel, stride, dilation, padding, (ho, wo),
+                    (th, tw), rng.choice([1, 2, 3]), rng.choice([1, 1, 4]))
         checked += 1
     print(f"{checked} cases ok")
 

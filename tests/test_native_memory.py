@@ -1,6 +1,6 @@
-"""Memory safety of the native executor: built with AddressSanitizer and driven from numpy (PyTorch
-does not load under it here), any read or write outside its buffers, the input, the output or the
-weights fails the run."""
+"""Memory safety of the native executor and scan: built with AddressSanitizer and driven from numpy
+(PyTorch does not load under it here), any read or write outside their buffers, the input, the
+output or the weights fails the run."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _asan_runtime(compiler: str) -> str | None:
     return path if done.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
 
 
-def test_executor_stays_inside_its_memory(tmp_path):
+def test_native_code_stays_inside_its_memory(tmp_path):
     compiler = shutil.which("gcc")
     runtime = _asan_runtime(compiler) if compiler else None
     if runtime is None:
