@@ -38,9 +38,11 @@
 #endif
 #define NR (VLEN * NV)
 #define MAX_THREADS 256
-#ifndef KC
-#define KC 64 /* at most; see zeroskip_execute */
-#endif
+/* Taps per chunk: at most KC, the whole K where it fits (one running sum, no partial sums to add:
+ * the 3-channel 7x7 stem's 147 taps), else chunks of about KC_SPLIT, whose partial sums keep the
+ * rounding error of thousands of terms at or below dense's. */
+#define KC 160
+#define KC_SPLIT 64
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
 
@@ -400,7 +402,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
     job->item_rows = most;
     job->blocks = (job->group_out + MR - 1) / MR;
-    job->chunks = (job->k + KC - 1) / KC;
+    job->chunks = job->k <= KC ? 1 : (job->k + KC_SPLIT - 1) / KC_SPLIT;
     /* Chunks of equal size: a short last chunk (147 = 64 + 64 + 19) runs the kernel far below its speed. */
     job->chunk = (job->k + job->chunks - 1) / job->chunks;
     int64_t count = job->groups * job->blocks * job->chunks;
