@@ -24,8 +24,8 @@ _NS_FIXED_NATIVE = 100_000.0  # the same with the native executor: one call, no 
 # The native executor's kernel against oneDNN's dense convolution, per computed output, at full
 # activity with glibc's heap pinned (dense without the page faults of its scratch buffer, which
 # with the default heap double its time on the stem): 1.3-1.65x on 3x3 layers of 64-256 channels,
-# about 2x on the 3-channel 7x7 stem (AVX-512). Over-estimated rather than under: a wrong sparse
-# choice costs speed against dense, a wrong dense one only speed-up.
+# 1.5x on the 3-channel 7x7 stem (AVX-512; 2x before its 147 taps ran as one chunk). Over-estimated
+# rather than under: a wrong sparse choice costs speed against dense, a wrong dense one only speed-up.
 _NATIVE_SLOWDOWN = 1.5
 _NATIVE_SLOWDOWN_FEW_CHANNELS = 2.0
 _FEW_CHANNELS = 8
