@@ -83,21 +83,25 @@ class Plan:
         return [b for b, chosen in enumerate(self.paths) if chosen == path]
 
 
+def _extents(count: int, tile: int, size: int, device: torch.device) -> torch.Tensor:
+    """Float ``(count,)``: the outputs each of ``count`` tiles of ``tile`` covers along a side of
+    ``size`` (the last one ragged)."""
+    extents = torch.full((count,), tile, dtype=torch.float32, device=device)
+    extents[-1] = size - tile * (count - 1)
+    return extents
+
+
 def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
     """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
-    heights = torch.full((active.shape[1],), tile[0], dtype=torch.float32, device=active.device)
-    widths = torch.full((active.shape[2],), tile[1], dtype=torch.float32, device=active.device)
-    heights[-1] = g.out_height - tile[0] * (active.shape[1] - 1)
-    widths[-1] = g.out_width - tile[1] * (active.shape[2] - 1)
+    heights = _extents(active.shape[1], tile[0], g.out_height, active.device)
+    widths = _extents(active.shape[2], tile[1], g.out_width, active.device)
     return (active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)
 
 
 def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
     """Per image, the fraction of output pixels the native executor computes: those of active
     tiles in active rows."""
-    widths = torch.full((tiles.shape[2],), tile[1], dtype=torch.float32, device=tiles.device)
-    widths[-1] = g.out_width - tile[1] * (tiles.shape[2] - 1)
-    per_tile_row = (tiles.float() * widths).sum(2)
+    per_tile_row = (tiles.float() * _extents(tiles.shape[2], tile[1], g.out_width, tiles.device)).sum(2)
     per_row = per_tile_row.repeat_interleave(tile[0], dim=1)[:, : g.out_height] * rows
     return per_row.sum(1) / (g.out_height * g.out_width)
 
