@@ -16,7 +16,6 @@ import zeroskip
 from zeroskip._geometry import check_conv_args
 from zeroskip.engine import check as _check
 from zeroskip.engine import native as _native
-from zeroskip.engine.check import scan_activity
 
 needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
 
@@ -83,7 +82,7 @@ def test_native_scan_is_exact(
     # The torch check rounds tile windows out to cells: never fewer tiles, the same rows.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_check, "scan", lambda *args: None)
-        checked = scan_activity(x, g, tile)
+        checked = _check.measure(x, g, tile)
         assert (checked[0] >= tiles).all() and torch.equal(checked[1], rows)
 
 
@@ -159,9 +158,28 @@ def test_sample_reads_every_fourth_row_of_tiles():
     x = torch.zeros(1, 1, 64, 8)
     x[0, 0, 8:16] = 1.0  # only the second row of 8-row tiles is active: the sample misses it
     g = check_conv_args(x, torch.zeros(1, 1, 1, 1), None, 1, 0, 1, 1)
-    assert _check.sample_activity(x, g, (8, 8)) == [(0.0, 0.0)]
+    assert _check.sample_activity(x, g, (8, 8)).estimates == [(0.0, 0.0)]
     x[0, 0, 32:40] = 1.0  # the fifth row is sampled: one of two sampled rows of tiles
-    assert _check.sample_activity(x, g, (8, 8)) == [(0.5, 0.5)]
+    sample = _check.sample_activity(x, g, (8, 8))
+    assert sample.estimates == [(0.5, 0.5)]
+    # The full check completes the sample: the rows of tiles it left, scanned into its maps.
+    assert [torch.equal(a, b) for a, b in zip(_check.measure(x, g, (8, 8), sample), _native.scan(x, g, (8, 8)))] == [
+        True,
+        True,
+    ]
+
+
+@needs_native
+@pytest.mark.parametrize("height", [8, 40, 64, 72, 200])
+def test_sample_and_its_completion_give_the_full_scan(height):
+    x = sparse_input((3, 2, height, 40), 0.05, torch.float32, "contiguous", height)
+    g = check_conv_args(x, torch.zeros(1, 2, 3, 3), None, 2, 1, 1, 1)
+    sample = _check.sample_activity(x, g, (4, 8))
+    # Fewer than eight rows of tiles: the sample is the whole scan.
+    assert sample.step == (4 if -(-g.out_height // 4) >= 8 else 1)
+    completed = _check.measure(x, g, (4, 8), sample)
+    full = _native.scan(x, g, (4, 8))
+    assert torch.equal(completed[0], full[0]) and torch.equal(completed[1], full[1])
 
 
 _NO_COMPILER_RUN = """

@@ -71,10 +71,10 @@ def run(
         tile = tile_size if tile_size is not None else default_tile_size(g, activity is not None, use_native)
         tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
         if activity is None:
-            reason = sampled_reason(x, g, tile, costs, use_native) if mode == "auto" else ""
+            reason, sample = sampled_reason(x, g, tile, costs, use_native) if mode == "auto" else ("", None)
             if reason:
                 return _dense(x, weight, bias, padding, g, reason)
-            tiles, rows = measure(x, g, tile)
+            tiles, rows = measure(x, g, tile, sample)
             columns, block = tiles, tile
         else:
             tiles, rows = carried_maps(activity, tile)

@@ -122,10 +122,12 @@ static void fill(const exec_job *job, int64_t b, int64_t o, int64_t c0, int64_t 
 }
 
 /* Copy input rows [r0, r0 + count) of image b into the buffer: per row and channel, `stride_w`
- * phases of `phase_w` values, phase p holding padded columns p, p + s, ... Rows outside the image
- * are not copied: their pointers go to `zeros`. */
-static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0, int64_t count) {
-    int64_t s = job->stride_w, pw = job->phase_w;
+ * phases of `phase_w` values, phase p holding padded columns p, p + s, ... Only the phase columns
+ * [j0, j1) that the item's pixel blocks read are copied: an item's active tiles often span a small
+ * part of the row. Rows outside the image are not copied: their pointers go to `zeros`. */
+static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0, int64_t count, int64_t j0,
+                      int64_t j1) {
+    int64_t s = job->stride_w, pw = job->phase_w, xs_w = job->xs_w;
     for (int64_t r = 0; r < count; r++) {
         int64_t h = r0 + r;
         if (h < 0 || h >= job->height) continue;
@@ -134,11 +136,19 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
             float *dst = buffer + (r * job->channels + ci) * s * pw;
             for (int64_t p = 0; p < s; p++) {
                 float *phase = dst + p * pw;
-                /* phase[j] = padded column j * s + p = input column j * s + p - pad_left */
-                for (int64_t j = 0; j < pw; j++) {
-                    int64_t w = j * s + p - job->pad_left;
-                    phase[j] = (w >= 0 && w < job->width) ? src[w * job->xs_w] : 0.0f;
-                }
+                /* phase[j] = padded column j * s + p = input column j * s + p - pad_left, inside
+                 * the input for j in [lo, hi) */
+                int64_t first = job->pad_left - p, lo = first > 0 ? (first + s - 1) / s : 0;
+                int64_t hi = (job->width + job->pad_left - p + s - 1) / s;
+                lo = lo < j0 ? j0 : (lo > j1 ? j1 : lo);
+                hi = hi > j1 ? j1 : (hi < lo ? lo : hi);
+                const float *column = src + (p - job->pad_left) * xs_w;
+                for (int64_t j = j0; j < lo; j++) phase[j] = 0.0f;
+                if (xs_w == 1 && s == 1)
+                    memcpy(phase + lo, column + lo, (size_t)(hi - lo) * sizeof(float));
+                else
+                    for (int64_t j = lo; j < hi; j++) phase[j] = column[j * s * xs_w];
+                for (int64_t j = hi; j < j1; j++) phase[j] = 0.0f;
             }
         }
     }
@@ -322,9 +332,18 @@ static void *run_items(void *arg) {
         int64_t b = job->item_image[item], row_count;
         int64_t count = plan_rows(job, b, job->item_start[item], job->item_end[item], rows, &row_count, blocks);
         if (!count) continue;
-        /* The input rows under the item's computed rows, copied once for all of them. */
+        /* The input under the item's computed rows, copied once for all of them: the phase
+         * columns its vectors read, each VLEN wide, shifted by up to the kernel's width. */
+        int64_t j0 = job->out_w, j1 = 0;
+        for (int64_t n = 0; n < count; n++)
+            for (int v = 0; v < blocks[n].vectors; v++) {
+                if (blocks[n].at[v] < j0) j0 = blocks[n].at[v];
+                if (blocks[n].at[v] + VLEN > j1) j1 = blocks[n].at[v] + VLEN;
+            }
+        j1 += (job->kw - 1) * job->dil_w / job->stride_w;
         int64_t r0 = rows[0] * job->stride_h - job->pad_top;
-        copy_rows(job, buffer, b, r0, (rows[row_count - 1] - rows[0]) * job->stride_h + (job->kh - 1) * job->dil_h + 1);
+        copy_rows(job, buffer, b, r0, (rows[row_count - 1] - rows[0]) * job->stride_h + (job->kh - 1) * job->dil_h + 1,
+                  j0, j1);
         for (int64_t g = 0; g < job->groups; g++)
             compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0);
     }

@@ -25,6 +25,7 @@ typedef struct {
     uint8_t *tiles; /* (batch, tiles_i, tiles_j) */
     uint8_t *rows;  /* (batch, out_height), or NULL */
     int64_t row_step;  /* scan every row_step-th tile row only (1: all) */
+    int rest;          /* scan the other tile rows instead: those a sample with row_step left */
     int64_t items, next; /* work items (image, scanned tile row), the next one to take (atomic) */
     int failed;
 } scan_job;
@@ -109,13 +110,16 @@ static void *scan_items(void *arg) {
         free(row_flags);
         return NULL;
     }
-    int64_t scanned_rows = (job->tiles_i + job->row_step - 1) / job->row_step;
+    int64_t step = job->row_step, sampled = (job->tiles_i + step - 1) / step;
+    int64_t scanned_rows = job->rest ? job->tiles_i - sampled : sampled;
     /* Items are taken one at a time: a thread the scheduler takes away holds up one item, not a
      * share of the scan. */
     for (;;) {
         int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->items) break;
-        int64_t b = item / scanned_rows, i = item % scanned_rows * job->row_step;
+        int64_t b = item / scanned_rows, k = item % scanned_rows;
+        /* the k-th tile row that is (not, with rest) a multiple of the step */
+        int64_t i = job->rest ? k + k / (step - 1) + 1 : k * step;
         uint8_t *tiles = job->tiles + (b * job->tiles_i + i) * job->tiles_j;
         int64_t first = i * job->tile_h * job->step_h - job->pad_top;
         int64_t start = clamp(first, 0, job->height);
@@ -155,22 +159,25 @@ static void *scan_items(void *arg) {
 
 /* Which output tiles (and, if `rows` is not NULL, which output rows) have a non-zero input value
  * under their receptive field. With row_step > 1 only every row_step-th tile row is scanned (a
- * sample); the flags of the others are left as they are. Strides are in elements. Returns 0 on
- * success. */
+ * sample), or with `rest` every other one (completing that sample's flags); the flags of the tile
+ * rows not scanned are left as they are. Strides are in elements. Returns 0 on success. */
 int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t height, int64_t width,
                   int64_t stride_b, int64_t stride_c, int64_t stride_h, int64_t stride_w, int element_size,
                   int64_t tiles_i, int64_t tile_h, int64_t step_h, int64_t pad_top, int64_t window_h,
                   int64_t out_height, int64_t tiles_j, int64_t tile_w, int64_t step_w, int64_t pad_left,
-                  int64_t window_w, uint8_t *tiles, uint8_t *rows, int64_t row_step, int threads) {
-    if ((element_size != 2 && element_size != 4 && element_size != 8) || row_step < 1) return 1;
-    int64_t items = batch * ((tiles_i + row_step - 1) / row_step);
+                  int64_t window_w, uint8_t *tiles, uint8_t *rows, int64_t row_step, int rest, int threads) {
+    if ((element_size != 2 && element_size != 4 && element_size != 8) || row_step < 1 || (rest && row_step < 2))
+        return 1;
+    int64_t sampled = (tiles_i + row_step - 1) / row_step;
+    int64_t items = batch * (rest ? tiles_i - sampled : sampled);
+    if (items == 0) return 0;
     if (threads > items) threads = (int)items;
     if (threads > 64) threads = 64;
     if (threads < 1) threads = 1;
     scan_job job = {(const char *)data, batch, channels, height, width, stride_b, stride_c, stride_h, stride_w,
                     element_size, stride_c == 1 && stride_w == channels ? channels : 1,
                     tiles_i, tile_h, step_h, pad_top, window_h, out_height,
-                    tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, row_step, items, 0, 0};
+                    tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, row_step, rest, items, 0, 0};
     parallel(scan_items, &job, threads);
     return job.failed;
 }

@@ -8,6 +8,8 @@ torch check (several reductions) is its fallback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .._activity import cell_activity, row_activity, sampled_density, window_any
@@ -54,25 +56,29 @@ def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return bool(torch.isfinite(total))
 
 
-def sampled_reason(x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts, native: bool) -> str:
-    """Why a sample of the input already shows that no image can beat dense, or ``""``.
+def sampled_reason(
+    x: torch.Tensor, g: ConvGeometry, tile: Pair, costs: ImageCosts, native: bool
+) -> tuple[str, Sample | None]:
+    """Why a sample of the input already shows that no image can beat dense (or ``""``), and the
+    sample, which :func:`measure` completes.
 
     ``native``: the native executor runs the call (its tiles cost what its kernel costs, which on
     layers of few input channels is less than dense even for a dense image)."""
-    estimates = sample_activity(x, g, tile)
-    if estimates is None:
+    sample = sample_activity(x, g, tile)
+    if sample is None:
         density = sampled_density(x)
-        return f"sampled density {density.min().item():.2f}" if bool((density > _DENSE_SAMPLE_DENSITY).all()) else ""
+        dense = bool((density > _DENSE_SAMPLE_DENSITY).all())
+        return (f"sampled density {density.min().item():.2f}" if dense else ""), None
     # The sample can miss activity, and a wrong dense exit costs speed-up: lower it first.
-    lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in estimates]
+    lowered = [(max(0.0, t - _SAMPLE_MARGIN), max(0.0, r - _SAMPLE_MARGIN)) for t, r in sample.estimates]
     if native:
         # The native path computes active tiles of active rows: at least the smaller of the two.
         dense = all(choose_native(costs, min(t, r))[0] == "dense" for t, r in lowered)
     else:
         dense = all(choose(costs, t, r)[0] == "dense" for t, r in lowered)
     if dense:
-        return f"sampled activity {min(t for t, _ in estimates):.2f}"
-    return ""
+        return f"sampled activity {min(t for t, _ in sample.estimates):.2f}", sample
+    return "", sample
 
 
 def active_rows(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
@@ -100,22 +106,9 @@ def _tile_windows(count: int, tile: int, stride: int, window: int, pad: int, siz
     return starts, ends
 
 
-def scan_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which output tiles and which output rows have a non-zero value in their receptive field.
-
-    The native scan (:mod:`zeroskip.engine.native`) answers exactly where it is built; the torch check
-    rounds each tile's receptive field out to whole activity cells, so it may find a few more.
-
-    Args:
-        x: input ``(B, C, H, W)`` (unpadded: the zero padding is never active).
-        tile: output tile ``(th, tw)``.
-
-    Returns:
-        Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``.
-    """
-    scanned = scan(x, geometry, tile)
-    if scanned is not None:
-        return scanned
+def _torch_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`measure` in torch operations: each tile's receptive field is rounded out to whole
+    activity cells, so it may find a few more tiles than the native scan (never fewer)."""
     g = geometry
     cell = activity_cell(g, tile)
     cells = cell_activity(x, cell)
@@ -126,44 +119,77 @@ def scan_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[
     return window_any(window_any(cells, 1, rs, re), 2, cs, ce), active_rows(x, g)
 
 
-# The sampled check scans one row of tiles in this many, and only images this many rows of tiles tall.
+# The sampled check scans one row of tiles in this many, where the image is at least this many
+# rows of tiles tall; a shorter one is scanned whole (a sample would be most of it).
 _SAMPLE_STEP = 4
 _SAMPLE_MIN_TILE_ROWS = 8
 
 
-def sample_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> list[tuple[float, float]] | None:
-    """Per image, the fractions of active tiles and of active output rows, estimated by the native
-    scan of one row of tiles in :data:`_SAMPLE_STEP`: a quarter of the full check's cost.
+@dataclass
+class Sample:
+    """A native scan of one row of tiles in ``step`` (every row when ``step`` is 1).
 
-    Returns:
-        ``(tile_fraction, row_fraction)`` per image, or ``None`` where no sample is taken (no
-        native scan, or too few rows of tiles for a sample to say much).
+    Attributes:
+        tiles: bool ``(B, tiles_i, tiles_j)``, the flags of the rows of tiles not scanned ``False``.
+        rows: bool ``(B, H_out)``, likewise.
+        step: rows of tiles per scanned one.
+        estimates: per image, the fractions of active tiles and of active output rows.
     """
+
+    tiles: torch.Tensor
+    rows: torch.Tensor
+    step: int
+    estimates: list[tuple[float, float]]
+
+
+def sample_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> Sample | None:
+    """The native scan of one row of tiles in :data:`_SAMPLE_STEP` (a quarter of the full check's
+    cost, which :func:`measure` then completes), or ``None`` without a native scan."""
     g = geometry
     n_i = -(-g.out_height // tile[0])
-    if n_i < _SAMPLE_MIN_TILE_ROWS:
-        return None
-    scanned = scan(x, g, tile, _SAMPLE_STEP)
+    step = _SAMPLE_STEP if n_i >= _SAMPLE_MIN_TILE_ROWS else 1
+    scanned = scan(x, g, tile, step)
     if scanned is None:
         return None
     tiles, rows = scanned
-    sampled = range(0, n_i, _SAMPLE_STEP)
+    sampled = range(0, n_i, step)
     sampled_rows = sum(min(tile[0], g.out_height - i * tile[0]) for i in sampled)
     tile_fractions = (tiles.sum((1, 2)) / (len(sampled) * tiles.shape[2])).tolist()
     row_fractions = (rows.sum(1) / sampled_rows).tolist()
-    return list(zip(tile_fractions, row_fractions))
-
-
+    return Sample(tiles, rows, step, list(zip(tile_fractions, row_fractions)))
 
 
 # Images per chunk of the torch check: its intermediate results stay small whatever the batch.
 _CHUNK_BYTES = 16 << 20
 
 
-def measure(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`scan_activity` over the whole batch, in chunks of images."""
+def measure(
+    x: torch.Tensor, geometry: ConvGeometry, tile: Pair, sample: Sample | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which output tiles and which output rows have a non-zero value in their receptive field.
+
+    The native scan (:mod:`zeroskip.engine.native`) answers exactly where it is built, in one pass
+    with the call's sample (only the rows of tiles it left are scanned); the torch check is its
+    fallback.
+
+    Args:
+        x: input ``(B, C, H, W)`` (unpadded: the zero padding is never active).
+        tile: output tile ``(th, tw)``.
+        sample: the call's :func:`sample_activity`, if taken.
+
+    Returns:
+        Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``.
+    """
+    if sample is not None:
+        if sample.step == 1:
+            return sample.tiles, sample.rows
+        completed = scan(x, geometry, tile, sample.step, (sample.tiles, sample.rows))
+        if completed is not None:
+            return completed
+    scanned = scan(x, geometry, tile)
+    if scanned is not None:
+        return scanned
+    # Only the torch check has intermediate results to keep small.
     per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-    if per_chunk >= x.shape[0]:
-        return scan_activity(x, geometry, tile)
-    maps = [scan_activity(x[start : start + per_chunk], geometry, tile) for start in range(0, x.shape[0], per_chunk)]
-    return torch.cat([tiles for tiles, _ in maps]), torch.cat([rows for _, rows in maps])
+    chunks = [_torch_activity(x[start : start + per_chunk], geometry, tile) for start in range(0, x.shape[0], per_chunk)]
+    return torch.cat([tiles for tiles, _ in chunks]), torch.cat([rows for _, rows in chunks])

@@ -97,7 +97,7 @@ def _build() -> ctypes.CDLL:
     library.zeroskip_scan.restype = ctypes.c_int
     library.zeroskip_scan.argtypes = [
         ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_int, *[ctypes.c_int64] * 11,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
     ]
     _abi.declare(library)
     return library
@@ -127,7 +127,11 @@ def unavailable_reason() -> str | None:
 
 
 def scan(
-    x: torch.Tensor, geometry: ConvGeometry, tile: Pair, row_step: int = 1
+    x: torch.Tensor,
+    geometry: ConvGeometry,
+    tile: Pair,
+    row_step: int = 1,
+    rest_of: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Which output tiles and which output rows have a non-zero value in their receptive field.
 
@@ -136,6 +140,8 @@ def scan(
         tile: output tile ``(th, tw)``.
         row_step: scan only every ``row_step``-th row of tiles (a sample); the flags of the tiles
             and output rows of the others are ``False``.
+        rest_of: the maps of such a sample (with the same ``row_step``), completed in place by
+            scanning the rows of tiles it left: together one pass over the input.
 
     Returns:
         Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``, or ``None``
@@ -150,16 +156,19 @@ def scan(
         return None
     g = geometry
     tiles_i, tiles_j = -(-g.out_height // tile[0]), -(-g.out_width // tile[1])
-    new = torch.empty if row_step == 1 else torch.zeros
-    tiles = new((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
-    rows = new((x.shape[0], g.out_height), dtype=torch.bool)
+    if rest_of is not None:
+        tiles, rows = rest_of
+    else:
+        new = torch.empty if row_step == 1 else torch.zeros
+        tiles = new((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
+        rows = new((x.shape[0], g.out_height), dtype=torch.bool)
     threads = torch.get_num_threads() if x.numel() * size >= _PARALLEL_MIN_BYTES else 1
     failed = native.zeroskip_scan(
         # data_ptr() already points at the storage offset of a view.
         x.data_ptr(), *x.shape, *x.stride(), size,
         tiles_i, tile[0], g.stride[0], g.pad_top, g.window[0], g.out_height,
         tiles_j, tile[1], g.stride[1], g.pad_left, g.window[1],
-        tiles.data_ptr(), rows.data_ptr(), row_step, threads,
+        tiles.data_ptr(), rows.data_ptr(), row_step, rest_of is not None, threads,
     )
     return None if failed else (tiles, rows)
 
