@@ -98,7 +98,7 @@ def window_any(active: torch.Tensor, dim: int, starts: torch.Tensor, ends: torch
     counts = active.to(torch.int32).cumsum(dim)
     zero = torch.zeros_like(counts.narrow(dim, 0, 1))
     counts = torch.cat([zero, counts], dim)
-    return counts.index_select(dim, ends).sub_(counts.index_select(dim, starts)).gt_(0)
+    return counts.index_select(dim, ends).sub_(counts.index_select(dim, starts)) > 0
 
 
 def block_any(activity: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

@@ -154,8 +154,9 @@ def sample_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> Samp
     tiles, rows = scanned
     sampled = range(0, n_i, step)
     sampled_rows = sum(min(tile[0], g.out_height - i * tile[0]) for i in sampled)
-    tile_fractions = (tiles.sum((1, 2)) / (len(sampled) * tiles.shape[2])).tolist()
-    row_fractions = (rows.sum(1) / sampled_rows).tolist()
+    # numpy: the maps are on the CPU, and this runs on every call.
+    tile_fractions = (tiles.numpy().sum((1, 2)) / (len(sampled) * tiles.shape[2])).tolist()
+    row_fractions = (rows.numpy().sum(1) / sampled_rows).tolist()
     return Sample(tiles, rows, step, list(zip(tile_fractions, row_fractions)))
 
 

@@ -9,6 +9,7 @@ index runs over the whole output) or the row boxes (one ``F.conv2d`` call each) 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -77,11 +78,12 @@ def _execute_native(plan: Plan, x, weight, bias, out, field: Background) -> str:
         tiles = tiles.clone()
         tiles[skipped] = False
     core = field.core.to(out.dtype).contiguous()
-    native.execute(x, weight, bias, out, g, tiles.to(torch.uint8), tile, rows.to(torch.uint8),
+    # The maps are bool on the CPU: read as uint8 in place.
+    native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), tile, rows.view(torch.uint8),
                    (core, field.rows, field.cols))
     if whole_rows:
-        return f"native rows={int((rows & tiles[:, :, 0]).sum())}"
-    return f"native tiles={int(tiles.sum())} tile={tile[0]}x{tile[1]}"
+        return f"native rows={np.count_nonzero((rows & tiles[:, :, 0]).numpy())}"
+    return f"native tiles={np.count_nonzero(tiles.numpy())} tile={tile[0]}x{tile[1]}"
 
 
 def _execute_torch(plan: Plan, x, weight, bias, out, field: Background) -> str:

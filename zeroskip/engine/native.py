@@ -197,16 +197,24 @@ def execute(
     Args:
         x: float32 input ``(B, C, H, W)``, any strides.
         out: float32 output ``(B, C_out, H_out, W_out)``, any strides.
-        tiles: bool ``(B, ceil(H_out / th), ceil(W_out / tw))``, the tiles of ``tile`` outputs to compute.
-        rows: bool ``(B, H_out)``: output rows outside it are not computed (``None``: every row may be).
+        tiles: uint8 ``(B, ceil(H_out / th), ceil(W_out / tw))``, the tiles of ``tile`` outputs to compute.
+        rows: uint8 ``(B, H_out)``: output rows outside it are not computed (``None``: every row may be).
         background: ``(core, rows, cols)``: a contiguous ``(Bb, C_out, h, w)`` core read through
             border bands ``rows = (top, bottom)`` and ``cols = (left, right)`` (see
             :class:`zeroskip._background.Background`); image ``b`` reads core image ``b % Bb``.
 
     Raises:
+        ValueError: the maps are not uint8 of those shapes.
         MemoryError: the executor could not allocate its per-thread buffers.
     """
     g = geometry
+    # The C code trusts these shapes and reads the maps as bytes: a mismatch would be read out of bounds.
+    maps_shape = (g.batch, -(-g.out_height // tile[0]), -(-g.out_width // tile[1]))
+    if tiles.dtype != torch.uint8 or tuple(tiles.shape) != maps_shape or (
+        rows is not None and (rows.dtype != torch.uint8 or tuple(rows.shape) != (g.batch, g.out_height))
+    ):
+        raise ValueError(f"native execute needs uint8 maps {maps_shape} and {(g.batch, g.out_height)}, got "
+                         f"{tiles.dtype} {tuple(tiles.shape)} and {None if rows is None else (rows.dtype, tuple(rows.shape))}")
     weight = weight.detach().contiguous()
     core, (top, bottom), (left, right) = background
     bias_ = None if bias is None else bias.detach().contiguous()

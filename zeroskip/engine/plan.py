@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._activity import block_any
@@ -90,27 +91,30 @@ class Plan:
         return [b for b, chosen in enumerate(self.paths) if chosen == path]
 
 
-def _extents(count: int, tile: int, size: int, device: torch.device) -> torch.Tensor:
-    """Float ``(count,)``: the outputs each of ``count`` tiles of ``tile`` covers along a side of
-    ``size`` (the last one ragged)."""
-    extents = torch.full((count,), tile, dtype=torch.float32, device=device)
-    extents[-1] = size - tile * (count - 1)
-    return extents
+def _extents(count: int, tile: int, size: int) -> list[int]:
+    """The outputs each of ``count`` tiles of ``tile`` covers along a side of ``size`` (the last
+    one ragged)."""
+    return [tile] * (count - 1) + [size - tile * (count - 1)]
 
 
 def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
     """Per image, the fraction of output pixels inside active tiles (ragged edge tiles weighted)."""
-    heights = _extents(active.shape[1], tile[0], g.out_height, active.device)
-    widths = _extents(active.shape[2], tile[1], g.out_width, active.device)
+    heights, widths = (
+        torch.tensor(_extents(count, size, out), dtype=torch.float32, device=active.device)
+        for count, size, out in ((active.shape[1], tile[0], g.out_height), (active.shape[2], tile[1], g.out_width))
+    )
     return (active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)
 
 
-def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.Tensor:
+def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, tile: Pair) -> list[float]:
     """Per image, the fraction of output pixels the native executor computes: those of active
-    tiles in active rows."""
-    per_tile_row = (tiles.float() * _extents(tiles.shape[2], tile[1], g.out_width, tiles.device)).sum(2)
-    per_row = per_tile_row.repeat_interleave(tile[0], dim=1)[:, : g.out_height] * rows
-    return per_row.sum(1) / (g.out_height * g.out_width)
+    tiles in active rows.
+
+    The maps are on the CPU (the native executor's), and numpy answers these few small operations
+    several times faster than as many torch calls: this runs on every call."""
+    per_tile_row = tiles.numpy() @ np.array(_extents(tiles.shape[2], tile[1], g.out_width))
+    per_row = np.repeat(per_tile_row, tile[0], axis=1)[:, : g.out_height] * rows.numpy()
+    return (per_row.sum(1) / (g.out_height * g.out_width)).tolist()
 
 
 def make_plan(
@@ -132,13 +136,14 @@ def make_plan(
         columns: bool ``(B, R, J)``, blocks of ``block`` output pixels holding an active output
             (the tile map, or the exact activity of a carried input), for the torch row path's boxes.
     """
-    rows = rows.bool()
+    # Both bool from here on (the native executor reads them as uint8 in place).
+    tiles, rows = tiles.bool(), rows.bool()
     if native:
         if mode == "rows":
-            fractions = rows.float().mean(1).tolist()
+            fractions = rows.numpy().mean(1).tolist()
             paths = ["rows" if f else "fill" for f in fractions]
         else:
-            fractions = _native_fractions(tiles, rows, g, tile).tolist()
+            fractions = _native_fractions(tiles, rows, g, tile)
             if mode == "tiles":
                 paths = ["tiles" if f else "fill" for f in fractions]
             else:
