@@ -92,7 +92,11 @@ def run(library: str, cases: int) -> None:
         x = numbers.standard_normal((batch, cin, height, width)).astype(np.float32)
         w = numbers.standard_normal((cout, cin // groups, *kernel)).astype(np.float32)
         bias = numbers.standard_normal(cout).astype(np.float32)
-        out = np.full((batch, cout, ho, wo), np.nan, np.float32)
+        # An output that reads as +0.0: the executor leaves the +0.0 background unwritten.
+        zeroed = rng.random() < 0.3
+        if zeroed:
+            bias[numbers.random(cout) < 0.5] = 0.0
+        out = np.full((batch, cout, ho, wo), 0.0 if zeroed else np.nan, np.float32)
         x = _channels_last(x) if rng.random() < 0.5 else x
         out = _channels_last(out) if rng.random() < 0.5 else out
         th, tw = rng.choice([(1, 1), (1, 3), (2, 16), (16, 32), (ho, wo)])
@@ -104,7 +108,7 @@ def run(library: str, cases: int) -> None:
             x.ctypes.data, batch, cin, height, width, *steps[0], groups, *kernel, *stride, *dilation, *padding, ho, wo,
             w.ctypes.data, cout // groups, cin // groups, w[0].size, bias.ctypes.data, out.ctypes.data, *steps[1],
             tiles.ctypes.data, tiles.shape[1], tiles.shape[2], th, tw, rows.ctypes.data, core.ctypes.data,
-            1, 1, 1, 0, 0, 0, 0,
+            1, 1, 1, 0, 0, 0, 0, *((out.ctypes.data, out.ctypes.data + out.nbytes) if zeroed else (0, 0)),
         )
         assert native.zeroskip_execute(ctypes.byref(job), rng.choice([1, 2, 3])) == 0
         planned = np.repeat(np.repeat(tiles, th, 1), tw, 2)[:, :ho, :wo].astype(bool) & rows.astype(bool)[:, :, None]

@@ -85,9 +85,9 @@ def run(
         # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
         return _dense(x, weight, bias, padding, g, "cost model")
     with record_function("zeroskip::output"):
-        out = new_output(x, weight, g)
+        out, zeroed = new_output(x, weight, g, zeroed=plan.native)
     field: Background | None = background() if background is not None else None
     with record_function("zeroskip::execute"):
-        detail = execute(plan, x, weight, bias, padding, out, field)
+        detail = execute(plan, x, weight, bias, padding, out, field, zeroed)
     ran = "+".join(sorted(set(plan.paths)))
     return out, ran, sum(plan.fractions) / g.batch, detail

@@ -31,6 +31,8 @@ class Job(ctypes.Structure):
         ("rows", _P),
         ("core", _P),
         *[(name, _I) for name in "core_b core_h core_w band_top band_bottom band_left band_right".split()],
+        ("zero_start", ctypes.c_size_t),
+        ("zero_end", ctypes.c_size_t),
         ("item_image", _P),
         ("item_start", _P),
         ("item_end", _P),

@@ -75,6 +75,9 @@ typedef struct {
      * through its border bands (top, bottom, left, right); image b reads core image b % core_b */
     const float *core;
     int64_t core_b, core_h, core_w, band_top, band_bottom, band_left, band_right;
+    /* addresses [zero_start, zero_end) of out read as +0.0 (pages given back to the kernel): +0.0
+     * background values are not written there, so that the pages under them are never touched */
+    uintptr_t zero_start, zero_end;
     /* work items: image and output rows [start, end) of each */
     const int64_t *item_image, *item_start, *item_end;
     int64_t items;
@@ -110,6 +113,8 @@ static void fill(const exec_job *job, int64_t b, int64_t o, int64_t c0, int64_t 
         float *dst = row + m * job->os_c;
         if (constant) {
             float v = values[0];
+            uintptr_t first = (uintptr_t)(dst + c0 * job->os_w), last = (uintptr_t)(dst + (c1 - 1) * job->os_w);
+            if (v == 0.0f && !__builtin_signbit(v) && first >= job->zero_start && last < job->zero_end) continue;
             if (job->os_w == 1)
                 for (int64_t c = c0; c < c1; c++) dst[c] = v;
             else

@@ -42,6 +42,7 @@ def execute(
     padding,
     out: torch.Tensor,
     background: Background | None,
+    zeroed: tuple[int, int] = (0, 0),
 ) -> str:
     """Write ``out`` as ``plan`` says; returns the plan detail for the profile.
 
@@ -50,12 +51,14 @@ def execute(
         padding: the call's ``F.conv2d`` padding argument (for dense images).
         out: output ``(B, C_out, H_out, W_out)``, uninitialised.
         background: values of the skipped outputs (a carried input's); ``None``: the bias.
+        zeroed: addresses ``[start, end)`` of ``out``'s memory that reads as +0.0 (native plans
+            only): the native executor writes no +0.0 background there.
     """
     g = plan.geometry
     field = background if background is not None else _bias_background(bias, out)
     dense = plan.images("dense")
     if plan.native:
-        detail = _execute_native(plan, x, weight, bias, out, field)
+        detail = _execute_native(plan, x, weight, bias, out, field, zeroed)
     else:
         detail = _execute_torch(plan, x, weight, bias, out, field)
     if dense:
@@ -65,7 +68,7 @@ def execute(
     return detail
 
 
-def _execute_native(plan: Plan, x, weight, bias, out, field: Background) -> str:
+def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed: tuple[int, int]) -> str:
     g = plan.geometry
     tiles, rows, tile = plan.tiles, plan.rows, plan.tile
     whole_rows = any(path == "rows" for path in plan.paths)
@@ -80,7 +83,7 @@ def _execute_native(plan: Plan, x, weight, bias, out, field: Background) -> str:
     core = field.core.to(out.dtype).contiguous()
     # The maps are bool on the CPU: read as uint8 in place.
     native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), tile, rows.view(torch.uint8),
-                   (core, field.rows, field.cols))
+                   (core, field.rows, field.cols), zeroed)
     if whole_rows:
         return f"native rows={np.count_nonzero((rows & tiles[:, :, 0]).numpy())}"
     return f"native tiles={np.count_nonzero(tiles.numpy())} tile={tile[0]}x{tile[1]}"

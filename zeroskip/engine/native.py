@@ -190,6 +190,7 @@ def execute(
     tile: Pair,
     rows: torch.Tensor | None,
     background: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
+    zeroed: tuple[int, int] = (0, 0),
 ) -> None:
     """Write every output of ``out`` once: the convolution where ``tiles`` (and ``rows``) mark
     outputs to compute, the background elsewhere; one parallel pass over balanced work items.
@@ -202,6 +203,8 @@ def execute(
         background: ``(core, rows, cols)``: a contiguous ``(Bb, C_out, h, w)`` core read through
             border bands ``rows = (top, bottom)`` and ``cols = (left, right)`` (see
             :class:`zeroskip._background.Background`); image ``b`` reads core image ``b % Bb``.
+        zeroed: addresses ``[start, end)`` of ``out``'s memory that reads as +0.0: +0.0
+            background values are not written there.
 
     Raises:
         ValueError: the maps are not uint8 of those shapes.
@@ -225,7 +228,7 @@ def execute(
         g.out_height, g.out_width, weight.data_ptr(), g.out_channels // g.groups, g.in_channels // g.groups,
         weight[0].numel(), None if bias_ is None else bias_.data_ptr(), out.data_ptr(), *out.stride(),
         tiles.data_ptr(), tiles.shape[1], tiles.shape[2], *tile, None if rows is None else rows.data_ptr(),
-        core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right,
+        core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right, *zeroed,
     )
     if library().zeroskip_execute(ctypes.byref(job), torch.get_num_threads()):
         raise MemoryError("zeroskip's native executor could not allocate its work buffers")

@@ -1,11 +1,20 @@
 """Stage 3, output: the output tensor, with the strides and memory format ``F.conv2d`` gives.
 
-A freshly mapped large tensor costs one page fault per 4 KiB on its first write; for the outputs of
-early layers on video frames (tens to hundreds of MB) those faults can cost more than the
-convolutions zeroskip keeps (5x the fill itself on the benchmark machine's VM). Large CPU outputs
-are therefore advised to use transparent huge pages (one fault per 2 MiB) before their first
-write. Memory the allocator recycles, already faulted in, is unaffected. ``ZEROSKIP_HUGEPAGES=0``
-turns this off.
+A freshly mapped large tensor costs one page fault per 4 KiB on its first write, and the kernel
+zeroes each page it maps; for the outputs of early layers on video frames (tens to hundreds of MB)
+those faults can cost more than the convolutions zeroskip keeps (on the benchmark machine's VM,
+writing a fresh 133 MB output costs 60-80 ms, the 1080p stem's whole dense convolution about 70).
+
+* Outputs the native executor writes, of at least :data:`_ZEROED_MIN_BYTES`, have the whole pages
+  inside them given back to the kernel (``MADV_DONTNEED``: private anonymous memory then reads as
+  zeros, each page mapped again on its first write): the executor writes no +0.0 background (no
+  bias, a zero bias entry) there, and the pages under it are never touched. glibc, with its default
+  settings, serves every block that large from a fresh mapping (dense's output included), whose
+  pages are not there yet, so this costs next to nothing: what dense pays for every page, zeroskip
+  pays for the pages it writes.
+* Other large CPU outputs are advised to use transparent huge pages (one fault per 2 MiB) before
+  their first write. Memory the allocator recycles, already faulted in, is unaffected.
+  ``ZEROSKIP_HUGEPAGES=0`` turns this off.
 """
 
 from __future__ import annotations
@@ -84,7 +93,32 @@ def _dense_output_strides(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry
     return (c * h * w, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
 
 
-def new_output(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
-    """An uninitialised output ``(B, C_out, H_out, W_out)``, laid out as ``F.conv2d``'s would be."""
+# glibc's largest dynamic mmap threshold on 64-bit systems.
+_ZEROED_MIN_BYTES = 32 << 20
+_PAGE = mmap.PAGESIZE
+
+
+def new_output(
+    x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry, zeroed: bool = False
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An uninitialised output ``(B, C_out, H_out, W_out)``, laid out as ``F.conv2d``'s would be.
+
+    Args:
+        zeroed: the native executor writes it: a large CPU output's whole pages may be zeroed.
+
+    Returns:
+        The output, and the addresses ``[start, end)`` of its memory that reads as +0.0 (``(0, 0)``:
+        none).
+    """
     shape = (g.batch, g.out_channels, g.out_height, g.out_width)
-    return empty_strided(shape, _dense_output_strides(x, weight, g), x.dtype, x.device)
+    strides = _dense_output_strides(x, weight, g)
+    size = x.element_size() * g.batch * g.out_channels * g.out_height * g.out_width
+    if not (zeroed and _MADVISE is not None and x.device.type == "cpu" and size >= _ZEROED_MIN_BYTES):
+        return empty_strided(shape, strides, x.dtype, x.device), (0, 0)
+    out = torch.empty_strided(shape, strides, dtype=x.dtype, device=x.device)
+    address = out.untyped_storage().data_ptr()
+    start = -(-address // _PAGE) * _PAGE
+    end = (address + out.untyped_storage().nbytes()) // _PAGE * _PAGE
+    if end <= start or _MADVISE(start, end - start, mmap.MADV_DONTNEED) != 0:
+        return out, (0, 0)
+    return out, (start, end)
