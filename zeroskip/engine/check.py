@@ -192,5 +192,6 @@ def measure(
         return scanned
     # Only the torch check has intermediate results to keep small.
     per_chunk = max(1, _CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-    chunks = [_torch_activity(x[start : start + per_chunk], geometry, tile) for start in range(0, x.shape[0], per_chunk)]
+    starts = range(0, x.shape[0], per_chunk)
+    chunks = [_torch_activity(x[start : start + per_chunk], geometry, tile) for start in starts]
     return torch.cat([tiles for tiles, _ in chunks]), torch.cat([rows for _, rows in chunks])

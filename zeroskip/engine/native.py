@@ -216,8 +216,9 @@ def execute(
     if tiles.dtype != torch.uint8 or tuple(tiles.shape) != maps_shape or (
         rows is not None and (rows.dtype != torch.uint8 or tuple(rows.shape) != (g.batch, g.out_height))
     ):
+        got_rows = None if rows is None else (rows.dtype, tuple(rows.shape))
         raise ValueError(f"native execute needs uint8 maps {maps_shape} and {(g.batch, g.out_height)}, got "
-                         f"{tiles.dtype} {tuple(tiles.shape)} and {None if rows is None else (rows.dtype, tuple(rows.shape))}")
+                         f"{tiles.dtype} {tuple(tiles.shape)} and {got_rows}")
     weight = weight.detach().contiguous()
     core, (top, bottom), (left, right) = background
     bias_ = None if bias is None else bias.detach().contiguous()

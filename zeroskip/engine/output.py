@@ -11,7 +11,8 @@ writing a fresh 133 MB output costs 60-80 ms, the 1080p stem's whole dense convo
   bias, a zero bias entry) there, and the pages under it are never touched. glibc, with its default
   settings, serves every block that large from a fresh mapping (dense's output included), whose
   pages are not there yet, so this costs next to nothing: what dense pays for every page, zeroskip
-  pays for the pages it writes.
+  pays for the pages it writes. Memory a tuned heap recycles (pages already there, which the
+  executor fills faster than the kernel would map them again) is left alone.
 * Other large CPU outputs are advised to use transparent huge pages (one fault per 2 MiB) before
   their first write. Memory the allocator recycles, already faulted in, is unaffected.
   ``ZEROSKIP_HUGEPAGES=0`` turns this off.
@@ -23,6 +24,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -34,19 +36,22 @@ _HUGE_PAGE = 2 << 20
 _HUGEPAGE_MIN_BYTES = 4 << 20
 
 
-def _madvise():
-    if os.environ.get("ZEROSKIP_HUGEPAGES", "1") == "0" or not hasattr(mmap, "MADV_HUGEPAGE"):
+def _libc(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
+    """A Linux libc function (the semantics used here are Linux's), or ``None``."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
     except (OSError, AttributeError, TypeError):
         return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
 
 
-_MADVISE = _madvise()
+_MADVISE = _libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+_MINCORE = _libc("mincore", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+_HUGEPAGES = os.environ.get("ZEROSKIP_HUGEPAGES", "1") != "0" and hasattr(mmap, "MADV_HUGEPAGE")
 
 
 def empty_strided(
@@ -55,7 +60,7 @@ def empty_strided(
     """``torch.empty_strided``; large CPU tensors are advised to use transparent huge pages."""
     tensor = torch.empty_strided(shape, strides, dtype=dtype, device=device)
     size = tensor.untyped_storage().nbytes()
-    if _MADVISE is not None and device.type == "cpu" and size >= _HUGEPAGE_MIN_BYTES:
+    if _HUGEPAGES and _MADVISE is not None and device.type == "cpu" and size >= _HUGEPAGE_MIN_BYTES:
         address = tensor.untyped_storage().data_ptr()
         # Only whole huge pages inside the tensor's memory: never advise a neighbour's.
         start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
@@ -96,6 +101,23 @@ def _dense_output_strides(x: torch.Tensor, weight: torch.Tensor, g: ConvGeometry
 # glibc's largest dynamic mmap threshold on 64-bit systems.
 _ZEROED_MIN_BYTES = 32 << 20
 _PAGE = mmap.PAGESIZE
+# Pages sampled to tell fresh memory from recycled memory.
+_RESIDENT_SAMPLES = 4
+
+
+def _fresh(start: int, end: int) -> bool:
+    """Whether none of a few sampled pages in ``[start, end)`` is resident: the memory is a fresh
+    mapping (glibc's defaults), not recycled and already faulted in (a tuned heap). A guess that
+    only steers speed: discarding recycled pages would cost faults that filling them does not."""
+    if _MINCORE is None:
+        return False
+    pages = (end - start) // _PAGE
+    resident = ctypes.c_ubyte()
+    for sample in range(_RESIDENT_SAMPLES):
+        page = start + pages * sample // _RESIDENT_SAMPLES * _PAGE
+        if _MINCORE(page, _PAGE, ctypes.byref(resident)) != 0 or resident.value & 1:
+            return False
+    return True
 
 
 def new_output(
@@ -119,6 +141,7 @@ def new_output(
     address = out.untyped_storage().data_ptr()
     start = -(-address // _PAGE) * _PAGE
     end = (address + out.untyped_storage().nbytes()) // _PAGE * _PAGE
-    if end <= start or _MADVISE(start, end - start, mmap.MADV_DONTNEED) != 0:
+    # MADV_DONTNEED, not the sample, is what makes the pages read as +0.0 (private anonymous memory).
+    if end <= start or not _fresh(start, end) or _MADVISE(start, end - start, mmap.MADV_DONTNEED) != 0:
         return out, (0, 0)
     return out, (start, end)
