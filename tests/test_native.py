@@ -225,3 +225,36 @@ def test_native_executor_is_as_accurate_as_dense(shape, kernel, stride):
         native = zeroskip.conv2d(x, weight, bias, stride, padding, mode="tiles")
     assert calls.records[0].detail.startswith("native")
     assert (native.double() - exact).abs().max() <= 1.1 * (dense.double() - exact).abs().max()
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return " avx512f" in handle.read()
+    except OSError:
+        return False
+
+
+@needs_native
+@pytest.mark.skipif(not _has_avx512(), reason="the order of the sums was measured against oneDNN's AVX-512 kernels")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "in_channels, out_channels, kernel, stride, bias",
+    [(3, 64, 7, 2, False), (3, 64, 7, 2, True), (64, 64, 3, 1, False), (64, 128, 3, 2, True), (512, 512, 3, 1, True),
+     (24, 24, 3, 1, True), (64, 128, 1, 2, True), (256, 512, 1, 2, False)],
+)
+def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, bias, threads):
+    """The native executor adds the terms in oneDNN's order: its outputs equal dense's bit for bit."""
+    generator = torch.Generator().manual_seed(in_channels + kernel)
+    size = 8 if in_channels >= 256 else 40
+    x = torch.rand(2, in_channels, size, size + 8, generator=generator)
+    weight = torch.randn(out_channels, in_channels, kernel, kernel, generator=generator)
+    b = torch.randn(out_channels, generator=generator) if bias else None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sparse = zeroskip.conv2d(x, weight, b, stride, kernel // 2, mode="tiles")
+        dense = F.conv2d(x, weight, b, stride, kernel // 2)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(sparse, dense, rtol=0, atol=0)

@@ -36,11 +36,12 @@ class Job(ctypes.Structure):
         ("item_image", _P),
         ("item_start", _P),
         ("item_end", _P),
-        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks chunk".split()],
+        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks chunk bias_in_sum".split()],
         ("panels", _P),
         ("panel_state", _P),
         ("tap_dy", _P),
         ("tap_offset", _P),
+        ("tap_weight", _P),
         ("failed", ctypes.c_int),
     ]
 

@@ -38,11 +38,14 @@
 #endif
 #define NR (VLEN * NV)
 #define MAX_THREADS 256
-/* Taps per chunk: at most KC, the whole K where it fits (one running sum, no partial sums to add:
- * the 3-channel 7x7 stem's 147 taps), else chunks of about KC_SPLIT, whose partial sums keep the
- * rounding error of thousands of terms at or below dense's. */
-#define KC 160
-#define KC_SPLIT 64
+/* The order of the sums is oneDNN's (PyTorch's dense CPU convolution, measured bit for bit on
+ * AVX-512 against F.conv2d), so that float32 results equal dense's, not only come close: taps in
+ * chunks of CHUNK_CHANNELS input channels (its channel block: one vector) times every kernel
+ * position, summed within a chunk by position (ky, kx) then channel, one running sum from zero per
+ * chunk, each chunk's sum added to the previous ones, the bias to the first; for 1 x 1 kernels
+ * chunks of ONE_BY_ONE_CHANNELS channels, the bias the first sum's starting value. */
+#define CHUNK_CHANNELS VLEN
+#define ONE_BY_ONE_CHANNELS 256
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
 
@@ -83,13 +86,13 @@ typedef struct {
     int64_t items;
     int64_t next; /* the next item to take (atomic) */
     /* buffer geometry, shared by every thread */
-    int64_t phase_w, buffer_rows, item_rows, blocks, chunks, chunk;
+    int64_t phase_w, buffer_rows, item_rows, blocks, chunks, chunk, bias_in_sum;
     /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
     float *panels;
     int *panel_state;
-    /* per tap (channel in group, ky, kx): input rows below the output row's first, and offset in a
-     * buffer row (channel, stride phase, column) */
-    int64_t *tap_dy, *tap_offset;
+    /* per tap, in the order of the sums: input rows below the output row's first, offset in a buffer
+     * row (channel, stride phase, column), and the weight's column (channel in group, ky, kx) */
+    int64_t *tap_dy, *tap_offset, *tap_weight;
     int failed;
 } exec_job;
 
@@ -159,13 +162,13 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
     }
 }
 
-/* acc[m][v] = sum_k A[k, m] * B_k[at[v] ...], for MR channels and `vectors` vectors of VLEN pixels,
+/* acc[m][v] = start[m] + sum_k A[k, m] * B_k[at[v] ...], for MR channels and `vectors` vectors of VLEN pixels,
  * B_k = pointers[k]. The vectors of one call may come from anywhere in an output row, so that short
  * or scattered active runs fill the kernel's vectors as well as long ones do. */
 static inline void kernel(int64_t k, const float *a, const float *const *pointers, const int64_t *at, int vectors,
-                          vf acc[MR][NV]) {
+                          const float *start, vf acc[MR][NV]) {
     for (int i = 0; i < MR; i++)
-        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
+        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0} + start[i];
     if (vectors == NV) {
         for (int64_t t = 0; t < k; t++, a += MR) {
             vf b[NV];
@@ -189,22 +192,22 @@ typedef struct {
     int vectors;
 } pixel_block;
 
-/* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][MR] (rows past the
+/* The weights of block `blk` of group g for the chunk of taps from t0, as a[taps][MR] (rows past the
  * group's output channels zero). Each such panel is packed once per call by whichever thread needs
  * it first, into memory shared by all; a thread that finds another one packing it packs its own
  * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
 static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
     int64_t index = (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
     int *state = job->panel_state + index;
-    float *a = job->panels + index * KC * MR;
+    float *a = job->panels + index * job->chunk * MR;
     int expected = 0;
     if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
     if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
     int64_t m = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
     int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
     for (int64_t i = 0; i < MR; i++) {
-        const float *w = job->weight + (m + i) * job->k + t0;
-        for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[t] : 0.0f;
+        const float *w = job->weight + (m + i) * job->k;
+        for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[job->tap_weight[t0 + t]] : 0.0f;
     }
     if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
     return a;
@@ -225,11 +228,10 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
 /* Convolve the pixel blocks of image b for group g: out = bias + sum over taps of weight x input.
  * `rows` lists the output rows the blocks index.
  *
- * Taps go in chunks (job->chunk, see KC) and output channels in blocks of MR: one block's weights
- * for one chunk are packed (chunk x MR, in L1) and read by every pixel block of the item, so the weights are read
- * from memory once per item, not once per pixel block. Each chunk's partial sums are added into
- * the output (in cache: an item's output rows are small): the rounding error of one long running
- * sum grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
+ * Taps go in chunks (job->chunk, see CHUNK_CHANNELS) and output channels in blocks of MR: one
+ * block's weights for one chunk are packed (chunk x MR) and read by every pixel block of the item,
+ * so the weights are read from memory once per item, not once per pixel block. Each chunk's sums
+ * are added into the output (in cache: an item's output rows are small). */
 static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
                     const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
                     int64_t g, int64_t r0) {
@@ -238,17 +240,22 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
     for (int64_t t0 = 0; t0 < job->k; t0 += job->chunk) {
         int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
         for (int64_t r = 0; r < row_count; r++)
-            tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * KC);
+            tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
             int64_t channels = job->group_out - blk * MR < MR ? job->group_out - blk * MR : MR;
             const float *a = panel(job, g, blk, t0, scratch);
+            /* The first chunk's sums start from the bias (1 x 1 kernels) or have it added. */
+            float start[MR] = {0};
+            for (int64_t i = 0; job->bias && job->bias_in_sum && !t0 && i < channels; i++)
+                start[i] = job->bias[m0 + blk * MR + i];
             for (int64_t n = 0; n < count; n++) {
                 const pixel_block *q = blocks + n;
                 vf acc[MR][NV];
-                kernel(taps, a, pointers + q->row * KC, q->at, q->vectors, acc);
+                kernel(taps, a, pointers + q->row * job->chunk, q->at, q->vectors, start, acc);
                 for (int64_t i = 0; i < channels; i++) {
                     int64_t m = m0 + blk * MR + i;
-                    float first = job->bias ? job->bias[m] : 0.0f; /* what the first chunk adds to */
+                    /* what the first chunk's sums are added to */
+                    float first = job->bias && !job->bias_in_sum ? job->bias[m] : 0.0f;
                     for (int v = 0; v < q->vectors; v++) {
                         float *dst = out + m * job->os_c + rows[q->row] * job->os_h + q->at[v] * job->os_w;
                         if (q->cols[v] == VLEN && job->os_w == 1) {
@@ -316,10 +323,10 @@ static void *run_items(void *arg) {
     /* A row's active runs (at most one per two tiles) take a vector per VLEN columns begun. */
     int64_t most_blocks = job->item_rows * (job->out_w / VLEN + (job->tiles_j + 1) / 2 + 1);
     float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats + job->phase_w) * sizeof(float));
-    const float **pointers = (const float **)malloc((size_t)(job->item_rows * KC) * sizeof(float *));
+    const float **pointers = (const float **)malloc((size_t)(job->item_rows * job->chunk) * sizeof(float *));
     pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
     int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
-    float *scratch = (float *)malloc(KC * MR * sizeof(float));
+    float *scratch = (float *)malloc((size_t)(job->chunk * MR) * sizeof(float));
     if (!buffer || !pointers || !blocks || !rows || !scratch) {
         free(buffer);
         free(pointers);
@@ -426,13 +433,16 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
     job->item_rows = most;
     job->blocks = (job->group_out + MR - 1) / MR;
-    job->chunks = job->k <= KC ? 1 : (job->k + KC_SPLIT - 1) / KC_SPLIT;
-    /* Chunks of equal size: a short last chunk (147 = 64 + 64 + 19) runs the kernel far below its speed. */
-    job->chunk = (job->k + job->chunks - 1) / job->chunks;
+    int64_t area = job->kh * job->kw;
+    job->bias_in_sum = area == 1;
+    int64_t chunk_channels = area == 1 ? ONE_BY_ONE_CHANNELS : CHUNK_CHANNELS;
+    if (chunk_channels > job->group_in) chunk_channels = job->group_in;
+    job->chunk = chunk_channels * area; /* the last chunk may have fewer channels */
+    job->chunks = (job->k + job->chunk - 1) / job->chunk;
     int64_t count = job->groups * job->blocks * job->chunks;
-    job->panels = (float *)malloc((size_t)(count * KC * MR) * sizeof(float));
+    job->panels = (float *)malloc((size_t)(count * job->chunk * MR) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
-    job->tap_dy = (int64_t *)malloc((size_t)job->k * 2 * sizeof(int64_t));
+    job->tap_dy = (int64_t *)malloc((size_t)job->k * 3 * sizeof(int64_t));
     if (!job->panels || !job->panel_state || !job->tap_dy) {
         free(job->panels);
         free(job->panel_state);
@@ -441,8 +451,14 @@ int zeroskip_execute(exec_job *job, int threads) {
         return 1;
     }
     job->tap_offset = job->tap_dy + job->k;
-    for (int64_t t = 0, area = job->kh * job->kw; t < job->k; t++) {
-        int64_t ci = t / area, ky = t % area / job->kw, kx = t % job->kw, tap = kx * job->dil_w;
+    job->tap_weight = job->tap_dy + 2 * job->k;
+    for (int64_t t = 0; t < job->k; t++) {
+        /* chunk c holds channels [c * chunk_channels, + in_chunk), by position then channel */
+        int64_t c = t / job->chunk, first = c * chunk_channels, in_chunk = job->group_in - first;
+        if (in_chunk > chunk_channels) in_chunk = chunk_channels;
+        int64_t ci = first + t % job->chunk % in_chunk, position = t % job->chunk / in_chunk;
+        int64_t ky = position / job->kw, kx = position % job->kw, tap = kx * job->dil_w;
+        job->tap_weight[t] = ci * area + position;
         job->tap_dy[t] = ky * job->dil_h;
         job->tap_offset[t] = ci * job->stride_w * job->phase_w + (tap % job->stride_w) * job->phase_w + tap / job->stride_w;
     }
