@@ -199,3 +199,56 @@ def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         streams.run(settings=video.Settings(), out=tmp_path / "out", **kwargs)
     assert files(tmp_path) == []
+
+
+def test_frames_to_tensor_into_memory_equals_a_new_tensor():
+    frames = list(clip(3, 7))
+    expected = torch.from_numpy(np.ascontiguousarray(np.stack(frames)[..., ::-1])).permute(0, 3, 1, 2).float() / 255.0
+    assert torch.equal(frames_to_tensor(frames), expected)
+    memory = torch.full((5, 3, *frames[0].shape[:2]), float("nan"))
+    written = frames_to_tensor(frames, memory)
+    assert torch.equal(written, expected) and written.data_ptr() == memory.data_ptr()
+
+
+class Returns(torch.nn.Module):
+    """A model whose output is its input."""
+
+    def forward(self, x):
+        return x
+
+
+def test_outputs_that_are_the_input_are_not_overwritten():
+    kept = []
+    sources = [Source(n, clip(4, k), n) for k, n in enumerate("ab")]
+    events = streams.process(sources, video.Settings(batch_size=2), None, Returns(),
+                             on_frame=lambda name, index, masked, outputs: kept.append((masked, outputs[0])))
+    assert isinstance(list(events)[-1], streams.EngineDone) and len(kept) == 8
+    for masked, output in kept:
+        torch.testing.assert_close(output, frames_to_tensor([masked])[0], rtol=0, atol=0)
+
+
+@pytest.mark.timeout(60)
+def test_model_calls_and_subtractions_share_the_cores():
+    cores = streams._Cores(2)
+    order = []
+    with cores.subtraction(), cores.subtraction():
+        def call():
+            with cores.model(4):  # more threads than cores: holds both
+                order.append("model")
+
+        def subtract():
+            with cores.subtraction():
+                order.append("subtraction")
+
+        model = threading.Thread(target=call)
+        model.start()
+        while not cores._model_waits:  # waits for both subtractions to end
+            model.join(0.01)
+        later = threading.Thread(target=subtract)
+        later.start()
+        later.join(0.2)
+        assert order == [] and later.is_alive()
+    model.join(10)
+    later.join(10)
+    # The waiting call went first; the subtraction that came after it waited for it.
+    assert order == ["model", "subtraction"]

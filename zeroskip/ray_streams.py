@@ -43,7 +43,8 @@ def check_available():
 
 class StreamWorker:
     """The actor: one pair of models, and the engine over its streams in a thread of its own, whose
-    events :meth:`poll` hands out one at a time."""
+    events :meth:`poll` hands out as they come. The engine's model calls and subtractions share as
+    many cores as the actor has torch threads."""
 
     def __init__(self, settings: Settings, models: str, threads: int, prefetch_threads: int, max_wait: float,
                  worker: int) -> None:
@@ -59,18 +60,27 @@ class StreamWorker:
         try:
             for event in streams.process(
                 sources, self.settings, self.dense, self.sparse, prefetch_threads=self.prefetch_threads,
-                max_wait=self.max_wait, worker=self.worker,
+                max_wait=self.max_wait, worker=self.worker, cores=torch.get_num_threads(),
             ):
                 self.events.put(event)
         except Exception as error:  # handed to the driver, which raises it
             self.events.put(RuntimeError(f"Ray worker {self.worker} failed: {error}"))
 
-    def poll(self) -> object:
-        """The next event, or ``None`` when none came within half a second."""
+    def poll(self) -> list:
+        """The events queued so far, waiting up to half a second for the first (empty if none came).
+
+        All of them in one reply: one round trip per event (a batch and a progress event per stream
+        in it) cost the driver and the worker CPU time that the model and the subtractions need.
+        """
         try:
-            return self.events.get(timeout=_POLL_S)
+            events = [self.events.get(timeout=_POLL_S)]
         except queue.Empty:
-            return None
+            return []
+        while True:
+            try:
+                events.append(self.events.get_nowait())
+            except queue.Empty:
+                return events
 
 
 @dataclass
@@ -141,20 +151,21 @@ def events(
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             shard = pending.pop(ref)
             try:
-                event = ray.get(ref)
+                arrived = ray.get(ref)
             except ray.exceptions.RayActorError as error:
                 yield from _lost(shard, attempts, error)
                 if any(attempts[s.name] <= MAX_ATTEMPTS for s in shard.sources):
                     pending[launch(shard)] = shard
                 continue
-            if isinstance(event, Exception):
-                raise event
-            if isinstance(event, streams.Progress):
-                shard.frames[event.name] += event.frames
-                yield event
-            elif event is not None:
-                shard.held.append(event)
-            if isinstance(event, streams.EngineDone):
+            for event in arrived:
+                if isinstance(event, Exception):
+                    raise event
+                if isinstance(event, streams.Progress):
+                    shard.frames[event.name] += event.frames
+                    yield event
+                else:
+                    shard.held.append(event)
+            if arrived and isinstance(arrived[-1], streams.EngineDone):
                 for held in shard.held:
                     yield replace(held, attempts=attempts[held.name]) if isinstance(held, streams.StreamDone) else held
                 shard.finished = True

@@ -5,10 +5,10 @@ Sparsity is decided per image, so one batch may mix frames of different cameras 
 across streams gives live video, which arrives one frame at a time per camera, the speed-up of large
 batches. Each stream keeps its own background subtractor, frame counter and output rows.
 
-Decoding and background subtraction run in a small pool of threads (OpenCV releases the GIL), at
-most ``depth`` frames ahead per stream, so their time overlaps the convolutions and memory stays
-bounded. A stream that ends, stalls or breaks never holds the others up: a batch leaves when it is
-full, or ``max_wait`` seconds after its first frame when no more frames come.
+Decoding and background subtraction run in a thread per stream (OpenCV releases the GIL), at most
+``depth`` frames ahead per stream, so that memory stays bounded; subtractions run on the cores that
+the model's calls do not hold. A stream that ends, stalls or breaks never holds the others up: a
+batch leaves when it is full, or ``max_wait`` seconds after its first frame when no more frames come.
 
 Outputs under ``out``: ``<stream name>/frames.csv`` per stream (the columns of
 :data:`zeroskip.video.COLUMNS`, one row per batch the stream took part in, its times the stream's
@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from math import isnan, nan
 from pathlib import Path
@@ -35,6 +36,7 @@ import torch.nn as nn
 
 from . import video
 from .convert import sparsify_
+from .machine import usable_cores
 from .masking import BackgroundMasker, frames_to_tensor
 from .models import build_model
 from .sources import Source, resolve, unique_names
@@ -96,6 +98,56 @@ class EngineDone:
     worker: int | None = None
 
 
+class _Cores:
+    """The cores a run may use, shared by the model's calls and the prefetch's subtractions.
+
+    A subtraction beside a model call that uses every core makes the model's threads wait for each
+    other at every parallel region, one of them descheduled (on 2 cores, the zeroskip model in the
+    pipeline took 4 times the CPU time it takes alone). So a call holds as many cores as it has
+    torch threads and the subtractions take the others, or all of them while the model waits for
+    frames. A model call that waits for its cores gets them before any other subtraction starts.
+
+    Args:
+        total: the cores to share.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._model_waits = False
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def model(self, threads: int) -> Iterator[None]:
+        """Hold ``threads`` cores (all of them at most) while a model call runs."""
+        count = min(threads, self.total)
+        with self._cond:
+            self._model_waits = True
+            self._cond.wait_for(lambda: self._free >= count)
+            self._model_waits = False
+            self._free -= count
+        try:
+            yield
+        finally:
+            self._release(count)
+
+    @contextmanager
+    def subtraction(self) -> Iterator[None]:
+        """Hold one core while a frame is masked."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= 1 and not self._model_waits)
+            self._free -= 1
+        try:
+            yield
+        finally:
+            self._release(1)
+
+    def _release(self, count: int) -> None:
+        with self._cond:
+            self._free += count
+            self._cond.notify_all()
+
+
 @dataclass
 class _Stream:
     """A stream's state in the prefetch: its own subtractor, counter and buffer of masked frames."""
@@ -117,11 +169,14 @@ class _Prefetch:
     """Decodes and masks every stream's frames ahead of the model, at most ``depth`` per stream.
 
     Each stream has a thread of its own, so that a source that blocks (a stalled camera) holds up no
-    other; at most ``threads`` of them mask at a time (the CPU-heavy part: background subtraction), so
-    that they leave the model its cores.
+    other; at most ``threads`` of them mask at a time (the CPU-heavy part: background subtraction),
+    each on a core of ``cores`` that the model does not hold. Decoding takes no core of ``cores``:
+    a live source's read waits for the camera, and must not keep a core from the model meanwhile.
     """
 
-    def __init__(self, sources: Sequence[Source], settings: video.Settings, threads: int, depth: int) -> None:
+    def __init__(
+        self, sources: Sequence[Source], settings: video.Settings, threads: int, depth: int, cores: _Cores
+    ) -> None:
         self.streams = [_Stream(source, BackgroundMasker(settings.subtractor)) for source in sources]
         self.limit, self.depth = settings.max_frames, depth
         self.wait_s = 0.0
@@ -129,6 +184,7 @@ class _Prefetch:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._masking = threading.BoundedSemaphore(threads)
+        self._cores = cores
         self._next = 0
         for number, stream in enumerate(self.streams):
             # Daemon: a source stuck in a read must not keep the process alive after the run.
@@ -155,7 +211,7 @@ class _Prefetch:
                 if stream.info is None:  # frames given as an iterable: no container to ask
                     length = len(stream.source.target) if isinstance(stream.source.target, Sized) else None
                     stream.info = video.VideoInfo(stream.source.text, frame.shape[1], frame.shape[0], 0.0, length)
-                with self._masking:
+                with self._masking, self._cores.subtraction():
                     masking = time.perf_counter()
                     masked = stream.masker(frame)
                     count = int(np.count_nonzero(masked))
@@ -250,6 +306,7 @@ def process(
     max_wait: float = 0.5,
     on_frame: Callable[[str, int, np.ndarray, list[torch.Tensor]], None] | None = None,
     worker: int | None = None,
+    cores: int | None = None,
 ) -> Iterator[BatchDone | Progress | StreamDone | EngineDone]:
     """Run ``sources`` through the models, batching frames across streams; yields what happens.
 
@@ -267,15 +324,20 @@ def process(
             frame, in order within each stream; ``outputs`` are the model's output tensors for that
             frame (zeroskip's when it runs), without the batch dimension.
         worker: tag for the events (the Ray worker's number).
+        cores: the cores the run may use (``None``: every core this process may run on); each model
+            call holds as many as it has torch threads, each subtraction one of the others.
     """
     depth = max(2, -(-2 * settings.batch_size // len(sources)))  # about two batches in flight in all
-    prefetch = _Prefetch(sources, settings, prefetch_threads, min(depth, settings.batch_size))
+    shared = _Cores(usable_cores() if cores is None else cores)
+    prefetch = _Prefetch(sources, settings, prefetch_threads, min(depth, settings.batch_size), shared)
+    inputs = _Inputs(settings.batch_size)
     try:
         index = 0
         while True:
             batch, finished = prefetch.take(settings.batch_size, max_wait)
             if batch:
-                done = _run_batch(index, batch, prefetch.streams, dense, sparse, on_frame, worker)
+                with shared.model(torch.get_num_threads()):
+                    done = _run_batch(index, batch, inputs, prefetch.streams, dense, sparse, on_frame, worker)
                 yield done
                 for name, row in done.rows:
                     yield Progress(name, row.frames)
@@ -293,16 +355,45 @@ def process(
         prefetch.close()
 
 
+class _Inputs:
+    """The models' input, written into the same memory batch after batch: fresh memory costs a page
+    fault per 4 KiB on its first write (85 MB a batch of 16 frames of 768x576), more than the
+    conversion itself.
+
+    Args:
+        size: images the memory holds (the batch size).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._memory: torch.Tensor | None = None
+
+    def tensor(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """The frames as the models' input (:func:`frames_to_tensor`), valid until the next call."""
+        height, width, _ = frames[0].shape
+        if self._memory is None or self._memory.shape[2:] != (height, width):
+            self._memory = torch.empty((self.size, 3, height, width))
+        return frames_to_tensor(frames, self._memory)
+
+    def release(self, outputs: list[torch.Tensor]) -> None:
+        """Take new memory next time if an output is a view of the input (a model that returns its
+        input), which its receiver may keep."""
+        memory = self._memory.untyped_storage().data_ptr()
+        if any(t.untyped_storage().data_ptr() == memory for t in outputs):
+            self._memory = None
+
+
 def _run_batch(
     index: int,
     batch: list[tuple[int, int, np.ndarray]],
+    inputs: _Inputs,
     streams: list[_Stream],
     dense: nn.Module | None,
     sparse: nn.Module | None,
     on_frame: Callable | None,
     worker: int | None,
 ) -> BatchDone:
-    x = frames_to_tensor([frame for _, _, frame in batch])
+    x = inputs.tensor([frame for _, _, frame in batch])
     if index == 0:
         # Untimed warm-up: first calls pay for allocator growth and kernel selection.
         with torch.inference_mode():
@@ -320,6 +411,7 @@ def _run_batch(
         outputs = video._tensors(run.y_sparse if run.y_sparse is not None else run.y_dense)
         for position, (number, frame_index, frame) in enumerate(batch):
             on_frame(streams[number].source.name, frame_index, frame, [t[position] for t in outputs])
+        inputs.release(outputs)
     return BatchDone(index, rows, time.perf_counter() - start, worker)
 
 
@@ -503,9 +595,9 @@ def run(
         models: ``"both"`` (compare zeroskip with dense, as for one clip), ``"zeroskip"`` or
             ``"dense"`` (run only that model: pipeline throughput).
         prefetch_threads: streams that may mask a frame at the same time (in each Ray worker under
-            Ray); ``None``: half the CPUs, at least one. Subtraction on every core makes zeroskip's
-            many short parallel operators wait on descheduled threads: on 2 cores, one masking at a
-            time ran the zeroskip pipeline fastest (and the dense one slower).
+            Ray); ``None``: as many as the cores. They mask on the cores that the model's calls do
+            not hold (each call holds as many as it has torch threads), so never beside a call
+            on the same core: its many short parallel operators would wait on descheduled threads.
         max_wait: seconds a started batch waits for more frames before it leaves part-full.
         on_frame: called with ``(stream name, frame number, masked frame, output tensors)`` for
             every frame, in order within each stream (not under Ray).
@@ -531,7 +623,7 @@ def run(
     if not isinstance(settings, video.Settings):
         raise TypeError(f"`settings` must be a zeroskip.video.Settings, got {type(settings).__name__}")
     if prefetch_threads is None:
-        prefetch_threads = max(1, (os.cpu_count() or 2) // 2)
+        prefetch_threads = usable_cores()
     for name, value in (("prefetch_threads", prefetch_threads), ("workers", workers)):
         video._positive_int(value, name)
     if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
