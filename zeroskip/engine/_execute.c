@@ -154,24 +154,26 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
     }
 }
 
-/* acc[m][v] = sum_k A[k, m] * B_k[at[v] ...], for MR channels and `vectors` vectors of VLEN pixels,
- * B_k = pointers[k]. The vectors of one call may come from anywhere in an output row, so that short
- * or scattered active runs fill the kernel's vectors as well as long ones do. */
-static inline __attribute__((always_inline)) void kernel(int64_t k, const float *a, const float *const *pointers,
-                                                         const int64_t *at, int vectors, vf acc[MR][NV]) {
+/* acc[m][v] = sum_k A[k, m] * pointers[v][k][at[v] ...], for MR channels and `vectors` vectors of
+ * VLEN pixels. The vectors of one call may come from anywhere in the item's output rows (each has
+ * its row's table of tap pointers), so that short or scattered active runs, and rows whose width is
+ * not a multiple of NR, fill the kernel's vectors as well as long ones do. */
+static inline __attribute__((always_inline)) void kernel(int64_t k, const float *a,
+                                                         const float *const *const pointers[NV], const int64_t *at,
+                                                         int vectors, vf acc[MR][NV]) {
     for (int i = 0; i < MR; i++)
         for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
     if (vectors == NV) {
         for (int64_t t = 0; t < k; t++, a += MR) {
             vf b[NV];
-            for (int v = 0; v < NV; v++) b[v] = load(pointers[t] + at[v]);
+            for (int v = 0; v < NV; v++) b[v] = load(pointers[v][t] + at[v]);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++)
                 for (int v = 0; v < NV; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
         }
     } else {
         for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b = load(pointers[t] + at[0]);
+            vf b = load(pointers[0][t] + at[0]);
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++) acc[i][0] += a[i] * b;
         }
@@ -183,7 +185,7 @@ static inline __attribute__((always_inline)) void kernel(int64_t k, const float 
  * read back (that round trip and the general epilogue's address arithmetic cost about a fifth of
  * a 64-tap chunk's time). dst[v]: the block's first channel's outputs of vector v; first: the
  * values the first chunk adds to (NULL for a later chunk, which adds to the output). */
-static void kernel_full(int64_t k, const float *a, const float *const *pointers, const int64_t *at,
+static void kernel_full(int64_t k, const float *a, const float *const *const pointers[NV], const int64_t *at,
                         float *const dst[NV], int64_t os_c, const float *first) {
     vf acc[MR][NV];
     kernel(k, a, pointers, at, NV, acc);
@@ -196,8 +198,9 @@ static void kernel_full(int64_t k, const float *a, const float *const *pointers,
 }
 
 typedef struct {
-    int64_t row;                /* the output row's index among the item's computed rows */
-    int64_t at[NV], cols[NV];   /* per vector: first output column and columns used (0: unused) */
+    /* per vector: its output row's index among the item's computed rows, first output column and
+     * columns used (0: unused) */
+    int64_t row[NV], at[NV], cols[NV];
     int vectors;
 } pixel_block;
 
@@ -259,20 +262,23 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
             float *base = out + (m0 + blk * MR) * job->os_c;
             for (int64_t n = 0; n < count; n++) {
                 const pixel_block *q = blocks + n;
-                float *row = base + rows[q->row] * job->os_h;
                 int full = channels == MR && q->vectors == NV && job->os_w == 1;
-                for (int v = 0; v < NV; v++) full &= q->cols[v] == VLEN;
+                const float *const *table[NV];
+                for (int v = 0; v < NV; v++) {
+                    full &= q->cols[v] == VLEN;
+                    table[v] = pointers + q->row[v < q->vectors ? v : 0] * KC;
+                }
                 if (full) {
                     float *dst[NV];
-                    for (int v = 0; v < NV; v++) dst[v] = row + q->at[v];
-                    kernel_full(taps, a, pointers + q->row * KC, q->at, dst, job->os_c, t0 ? NULL : first);
+                    for (int v = 0; v < NV; v++) dst[v] = base + rows[q->row[v]] * job->os_h + q->at[v];
+                    kernel_full(taps, a, table, q->at, dst, job->os_c, t0 ? NULL : first);
                     continue;
                 }
                 vf acc[MR][NV];
-                kernel(taps, a, pointers + q->row * KC, q->at, q->vectors, acc);
+                kernel(taps, a, table, q->at, q->vectors, acc);
                 for (int64_t i = 0; i < channels; i++)
                     for (int v = 0; v < q->vectors; v++) {
-                        float *dst = row + i * job->os_c + q->at[v] * job->os_w;
+                        float *dst = base + i * job->os_c + rows[q->row[v]] * job->os_h + q->at[v] * job->os_w;
                         float tmp[VLEN];
                         store(tmp, acc[i][v]);
                         for (int64_t c = 0; c < q->cols[v]; c++)
@@ -284,12 +290,13 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
 }
 
 /* The output rows [o0, o1) of image b: background where no active tile is; where one is, the
- * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors.
- * Returns the number of blocks. */
+ * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors
+ * (a block's vectors may lie on different rows). Returns the number of blocks. */
 static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t *rows, int64_t *row_count,
                          pixel_block *blocks) {
     int64_t count = 0;
     *row_count = 0;
+    pixel_block *open = NULL; /* a block with a vector left, which the next active columns fill */
     for (int64_t o = o0; o < o1; o++) {
         if (job->rows && !job->rows[b * job->out_h + o]) {
             fill(job, b, o, 0, job->out_w);
@@ -297,7 +304,6 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
         int64_t done = 0; /* columns [0, done) are written or planned */
-        pixel_block *open = NULL; /* a block of this row with a vector left */
         for (int64_t j = 0; j < job->tiles_j;) {
             if (!tiles[j]) {
                 j++;
@@ -311,9 +317,9 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             for (int64_t c = first; c < last; c += VLEN) {
                 if (!open) {
                     open = blocks + count++;
-                    open->row = *row_count;
                     open->vectors = 0;
                 }
+                open->row[open->vectors] = *row_count;
                 open->at[open->vectors] = c;
                 open->cols[open->vectors] = last - c < VLEN ? last - c : VLEN;
                 if (++open->vectors == NV) open = NULL;
