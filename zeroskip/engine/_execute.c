@@ -37,6 +37,9 @@
 #define NV 2
 #endif
 #define NR (VLEN * NV)
+/* The group's last block of channels, see KERNELS. */
+#define MR_WIDE (MR + MR / 3)
+#define MR_NARROW (MR * 2 / 3)
 #define MAX_THREADS 256
 /* Taps per chunk: at most KC, the whole K where it fits (one running sum, no partial sums to add:
  * the 3-channel 7x7 stem's 147 taps), else chunks of about KC_SPLIT, whose partial sums keep the
@@ -154,48 +157,79 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
     }
 }
 
-/* acc[m][v] = sum_k A[k, m] * pointers[v][k][at[v] ...], for MR channels and `vectors` vectors of
- * VLEN pixels. The vectors of one call may come from anywhere in the item's output rows (each has
- * its row's table of tap pointers), so that short or scattered active runs, and rows whose width is
- * not a multiple of NR, fill the kernel's vectors as well as long ones do. */
-static inline __attribute__((always_inline)) void kernel(int64_t k, const float *a,
-                                                         const float *const *const pointers[NV], const int64_t *at,
-                                                         int vectors, vf acc[MR][NV]) {
-    for (int i = 0; i < MR; i++)
-        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0};
-    if (vectors == NV) {
-        for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b[NV];
-            for (int v = 0; v < NV; v++) b[v] = load(pointers[v][t] + at[v]);
+/* acc[i][v] = sum_k A[k, i] * pointers[v][k][at[v] ...], for m channels and w vectors of VLEN
+ * pixels (m and w constants where it is inlined: the sums stay in registers). The vectors of one
+ * call may come from anywhere in the item's output rows (each has its row's table of tap pointers),
+ * so that short or scattered active runs, and rows whose width is not a multiple of NR, fill the
+ * kernel's vectors as well as long ones do. */
+static inline __attribute__((always_inline)) void kernel(int m, int w, int64_t k, const float *a,
+                                                         const float *const *const pointers[], const int64_t *at,
+                                                         vf acc[MR_WIDE][NV]) {
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < w; v++) acc[i][v] = (vf){0};
+    for (int64_t t = 0; t < k; t++, a += m) {
+        vf b[NV];
+        for (int v = 0; v < w; v++) b[v] = load(pointers[v][t] + at[v]);
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; i++)
-                for (int v = 0; v < NV; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
-        }
-    } else {
-        for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b = load(pointers[0][t] + at[0]);
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; i++) acc[i][0] += a[i] * b;
-        }
+        for (int i = 0; i < m; i++)
+            for (int v = 0; v < w; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
     }
 }
 
-/* The common block: MR channels, NV full vectors, contiguous output rows. The sums go from the
- * registers into the output in the same function, so that they are never stored to the stack and
- * read back (that round trip and the general epilogue's address arithmetic cost about a fifth of
- * a 64-tap chunk's time). dst[v]: the block's first channel's outputs of vector v; first: the
- * values the first chunk adds to (NULL for a later chunk, which adds to the output). */
-static void kernel_full(int64_t k, const float *a, const float *const *const pointers[NV], const int64_t *at,
-                        float *const dst[NV], int64_t os_c, const float *first) {
-    vf acc[MR][NV];
-    kernel(k, a, pointers, at, NV, acc);
+/* A block of m channels and w full vectors of contiguous outputs: the sums go from the registers
+ * into the output in the same function, never stored to the stack and read back (that round trip
+ * and a general epilogue's address arithmetic cost about a fifth of a 64-tap chunk's time).
+ * dst[v]: the block's first channel's outputs of vector v; first: the values the first chunk adds
+ * to (NULL for a later chunk, which adds to the output). */
+static inline __attribute__((always_inline)) void sums(int m, int w, int64_t k, const float *a,
+                                                       const float *const *const pointers[], const int64_t *at,
+                                                       float *const dst[], int64_t os_c, const float *first) {
+    vf acc[MR_WIDE][NV];
+    kernel(m, w, k, a, pointers, at, acc);
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-        for (int v = 0; v < NV; v++) {
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < w; v++) {
             float *p = dst[v] + i * os_c;
             store(p, (first ? (vf){0} + first[i] : load(p)) + acc[i][v]);
         }
 }
+
+/* Any other vector (partly used, or strided outputs) of a block of m channels, `channels` of them
+ * real: its `cols` outputs one at a time. */
+static inline __attribute__((always_inline)) void sums_partial(int m, int64_t k, const float *a,
+                                                               const float *const *pointers, int64_t at,
+                                                               float *dst, int64_t channels, int64_t cols,
+                                                               int64_t os_c, int64_t os_w, const float *first) {
+    vf acc[MR_WIDE][NV];
+    const float *const *table[1] = {pointers};
+    kernel(m, 1, k, a, table, &at, acc);
+    for (int64_t i = 0; i < channels; i++) {
+        float tmp[VLEN], *row = dst + i * os_c;
+        store(tmp, acc[i][0]);
+        for (int64_t c = 0; c < cols; c++) row[c * os_w] = (first ? first[i] : row[c * os_w]) + tmp[c];
+    }
+}
+
+/* The kernels of the three block sizes, called per block through pointers. The main block is MR x
+ * NV; the group's last block is MR_WIDE x 1 where that covers its remaining channels exactly or
+ * nearly (64 = 4 x 12 + 16: one 12-channel block for the last 4 channels would waste two thirds of
+ * its work, 11% of the layer's), or MR_NARROW x NV where that does. */
+typedef void sums_fn(int64_t, const float *, const float *const *const[], const int64_t *, float *const[], int64_t,
+                     const float *);
+typedef void partial_fn(int64_t, const float *, const float *const *, int64_t, float *, int64_t, int64_t, int64_t,
+                        int64_t, const float *);
+#define KERNELS(name, m, w)                                                                                      \
+    static void sums_##name(int64_t k, const float *a, const float *const *const pointers[], const int64_t *at, \
+                            float *const dst[], int64_t os_c, const float *first) {                               \
+        sums(m, w, k, a, pointers, at, dst, os_c, first);                                                         \
+    }                                                                                                             \
+    static void partial_##name(int64_t k, const float *a, const float *const *pointers, int64_t at, float *dst,   \
+                               int64_t channels, int64_t cols, int64_t os_c, int64_t os_w, const float *first) {  \
+        sums_partial(m, k, a, pointers, at, dst, channels, cols, os_c, os_w, first);                              \
+    }
+KERNELS(main, MR, NV)
+KERNELS(wide, MR_WIDE, 1)
+KERNELS(narrow, MR_NARROW, NV)
 
 typedef struct {
     /* per vector: its output row's index among the item's computed rows, first output column and
@@ -204,22 +238,31 @@ typedef struct {
     int vectors;
 } pixel_block;
 
-/* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][MR] (rows past the
- * group's output channels zero). Each such panel is packed once per call by whichever thread needs
+/* The channels of the kernel of a group's last block (see KERNELS); the others have MR. */
+static int64_t last_channels(const exec_job *job) {
+    int64_t rest = job->group_out % MR;
+    if (!rest) return MR;
+    if (job->group_out > MR && rest <= MR_WIDE - MR) return MR_WIDE;
+    return rest <= MR_NARROW ? MR_NARROW : MR;
+}
+
+/* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][m] (m: the block's
+ * kernel's channels; rows past the group's output channels zero). Each such panel is packed once per call by whichever thread needs
  * it first, into memory shared by all; a thread that finds another one packing it packs its own
  * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
 static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
     int64_t index = (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
     int *state = job->panel_state + index;
-    float *a = job->panels + index * KC * MR;
+    float *a = job->panels + index * KC * MR_WIDE;
     int expected = 0;
     if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
     if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
-    int64_t m = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
+    int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
+    int64_t first = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
     int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
-    for (int64_t i = 0; i < MR; i++) {
-        const float *w = job->weight + (m + i) * job->k + t0;
-        for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[t] : 0.0f;
+    for (int64_t i = 0; i < m; i++) {
+        const float *w = job->weight + (first + i) * job->k + t0;
+        for (int64_t t = 0; t < taps; t++) a[t * m + i] = i < channels ? w[t] : 0.0f;
     }
     if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
     return a;
@@ -255,35 +298,31 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
         for (int64_t r = 0; r < row_count; r++)
             tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * KC);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
-            int64_t channels = job->group_out - blk * MR < MR ? job->group_out - blk * MR : MR;
+            int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
+            int64_t channels = job->group_out - blk * MR < m ? job->group_out - blk * MR : m;
+            sums_fn *full_sums = m == MR ? sums_main : m == MR_WIDE ? sums_wide : sums_narrow;
+            partial_fn *partial = m == MR ? partial_main : m == MR_WIDE ? partial_wide : partial_narrow;
+            int w = m == MR_WIDE ? 1 : NV;
             const float *a = panel(job, g, blk, t0, scratch);
-            float first[MR];
-            for (int64_t i = 0; i < MR; i++) first[i] = job->bias && i < channels ? job->bias[m0 + blk * MR + i] : 0.0f;
+            float first[MR_WIDE];
+            for (int64_t i = 0; i < m; i++) first[i] = job->bias && i < channels ? job->bias[m0 + blk * MR + i] : 0.0f;
+            const float *start = t0 ? NULL : first;
             float *base = out + (m0 + blk * MR) * job->os_c;
             for (int64_t n = 0; n < count; n++) {
                 const pixel_block *q = blocks + n;
-                int full = channels == MR && q->vectors == NV && job->os_w == 1;
+                int full = channels == m && q->vectors == NV && job->os_w == 1;
                 const float *const *table[NV];
-                for (int v = 0; v < NV; v++) {
+                float *dst[NV];
+                for (int v = 0; v < q->vectors; v++) {
                     full &= q->cols[v] == VLEN;
-                    table[v] = pointers + q->row[v < q->vectors ? v : 0] * KC;
+                    table[v] = pointers + q->row[v] * KC;
+                    dst[v] = base + rows[q->row[v]] * job->os_h + q->at[v] * job->os_w;
                 }
-                if (full) {
-                    float *dst[NV];
-                    for (int v = 0; v < NV; v++) dst[v] = base + rows[q->row[v]] * job->os_h + q->at[v];
-                    kernel_full(taps, a, table, q->at, dst, job->os_c, t0 ? NULL : first);
-                    continue;
-                }
-                vf acc[MR][NV];
-                kernel(taps, a, table, q->at, q->vectors, acc);
-                for (int64_t i = 0; i < channels; i++)
-                    for (int v = 0; v < q->vectors; v++) {
-                        float *dst = base + i * job->os_c + rows[q->row[v]] * job->os_h + q->at[v] * job->os_w;
-                        float tmp[VLEN];
-                        store(tmp, acc[i][v]);
-                        for (int64_t c = 0; c < q->cols[v]; c++)
-                            dst[c * job->os_w] = (t0 ? dst[c * job->os_w] : first[i]) + tmp[c];
-                    }
+                if (full)
+                    for (int v = 0; v < NV; v += w) full_sums(taps, a, table + v, q->at + v, dst + v, job->os_c, start);
+                else
+                    for (int v = 0; v < q->vectors; v++)
+                        partial(taps, a, table[v], q->at[v], dst[v], channels, q->cols[v], job->os_c, job->os_w, start);
             }
         }
     }
@@ -342,7 +381,7 @@ static void *run_items(void *arg) {
     const float **pointers = (const float **)malloc((size_t)(job->item_rows * KC) * sizeof(float *));
     pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
     int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
-    float *scratch = (float *)malloc(KC * MR * sizeof(float));
+    float *scratch = (float *)malloc(KC * MR_WIDE * sizeof(float));
     if (!buffer || !pointers || !blocks || !rows || !scratch) {
         free(buffer);
         free(pointers);
@@ -448,12 +487,12 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->phase_w = job->out_w + (job->kw - 1) * job->dil_w / job->stride_w + NR;
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
     job->item_rows = most;
-    job->blocks = (job->group_out + MR - 1) / MR;
+    job->blocks = job->group_out / MR + (last_channels(job) == MR_WIDE ? 0 : job->group_out % MR != 0);
     job->chunks = job->k <= KC ? 1 : (job->k + KC_SPLIT - 1) / KC_SPLIT;
     /* Chunks of equal size: a short last chunk (147 = 64 + 64 + 19) runs the kernel far below its speed. */
     job->chunk = (job->k + job->chunks - 1) / job->chunks;
     int64_t count = job->groups * job->blocks * job->chunks;
-    job->panels = (float *)malloc((size_t)(count * KC * MR) * sizeof(float));
+    job->panels = (float *)malloc((size_t)(count * KC * MR_WIDE) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
     job->tap_dy = (int64_t *)malloc((size_t)job->k * 2 * sizeof(int64_t));
     if (!job->panels || !job->panel_state || !job->tap_dy) {
