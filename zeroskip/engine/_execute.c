@@ -45,7 +45,9 @@
  * the 3-channel 7x7 stem's 147 taps), else chunks of about KC_SPLIT, whose partial sums keep the
  * rounding error of thousands of terms at or below dense's. */
 #define KC 160
+#ifndef KC_SPLIT
 #define KC_SPLIT 64
+#endif
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
 
@@ -246,18 +248,23 @@ static int64_t last_channels(const exec_job *job) {
     return rest <= MR_NARROW ? MR_NARROW : MR;
 }
 
-/* The weights of block `blk` of group g for taps [t0, t0 + KC), as a[taps][m] (m: the block's
- * kernel's channels; rows past the group's output channels zero). Each such panel is packed once per call by whichever thread needs
- * it first, into memory shared by all; a thread that finds another one packing it packs its own
- * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
+/* The channels of a group's blocks, each rounded up to its kernel's. */
+static int64_t padded_channels(const exec_job *job) { return (job->blocks - 1) * MR + last_channels(job); }
+
+/* The weights of block `blk` of group g for taps [t0, t0 + chunk), as a[taps][m] (m: the block's
+ * kernel's channels; rows past the group's output channels zero), stored after those of the
+ * group's channels and taps before it: the panels take the weights' size (they took a KC x MR_WIDE
+ * slot each, 3.4x that for 256 channels in chunks of 64, whose first touch cost 7% of the call).
+ * Each panel is packed once per call by whichever thread needs it first, into memory shared by
+ * all; a thread that finds another one packing it packs its own copy into `scratch` rather than
+ * wait for a thread the scheduler may have taken away. */
 static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
-    int64_t index = (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
-    int *state = job->panel_state + index;
-    float *a = job->panels + index * KC * MR_WIDE;
+    int *state = job->panel_state + (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
+    int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
+    float *a = job->panels + (g * padded_channels(job) + blk * MR) * job->chunks * job->chunk + t0 * m;
     int expected = 0;
     if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
     if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
-    int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
     int64_t first = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
     int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
     for (int64_t i = 0; i < m; i++) {
@@ -381,7 +388,7 @@ static void *run_items(void *arg) {
     const float **pointers = (const float **)malloc((size_t)(job->item_rows * KC) * sizeof(float *));
     pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
     int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
-    float *scratch = (float *)malloc(KC * MR_WIDE * sizeof(float));
+    float *scratch = (float *)malloc((size_t)(job->chunk * MR_WIDE) * sizeof(float));
     if (!buffer || !pointers || !blocks || !rows || !scratch) {
         free(buffer);
         free(pointers);
@@ -425,8 +432,12 @@ static void *run_items(void *arg) {
 /* Cut the rows of every image into work items of about `total / (threads * 4)` work each (at most
  * MAX_ITEM_ROWS rows, so that the input buffer stays small). Returns the largest item's rows, or -1
  * when out of memory. */
+#ifndef MAX_ITEM_ROWS
 #define MAX_ITEM_ROWS 32
+#endif
+#ifndef ITEMS_PER_THREAD
 #define ITEMS_PER_THREAD 4
+#endif
 /* Filling one output costs about as much as this many multiply-accumulates of the kernel. */
 #define FILL_MACS 4
 static int64_t cut_items(exec_job *job, int threads) {
@@ -492,7 +503,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     /* Chunks of equal size: a short last chunk (147 = 64 + 64 + 19) runs the kernel far below its speed. */
     job->chunk = (job->k + job->chunks - 1) / job->chunks;
     int64_t count = job->groups * job->blocks * job->chunks;
-    job->panels = (float *)malloc((size_t)(count * KC * MR_WIDE) * sizeof(float));
+    job->panels = (float *)malloc((size_t)(job->groups * padded_channels(job) * job->chunks * job->chunk) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
     job->tap_dy = (int64_t *)malloc((size_t)job->k * 2 * sizeof(int64_t));
     if (!job->panels || !job->panel_state || !job->tap_dy) {
