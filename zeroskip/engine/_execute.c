@@ -50,6 +50,15 @@
 #endif
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
+typedef int32_t vi __attribute__((vector_size(VLEN * 4)));
+/* The even lanes of two vectors (a stride-2 phase of 2 VLEN columns). */
+#if VLEN == 16
+#define EVENS {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#elif VLEN == 8
+#define EVENS {0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define EVENS {0, 2, 4, 6}
+#endif
 
 static inline vf load(const float *p) {
     vf v;
@@ -149,10 +158,18 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
                 hi = hi > j1 ? j1 : (hi < lo ? lo : hi);
                 const float *column = src + (p - job->pad_left) * xs_w;
                 for (int64_t j = j0; j < lo; j++) phase[j] = 0.0f;
-                if (xs_w == 1 && s == 1)
+                int64_t j = lo;
+                if (xs_w == 1 && s == 1) {
                     memcpy(phase + lo, column + lo, (size_t)(hi - lo) * sizeof(float));
-                else
-                    for (int64_t j = lo; j < hi; j++) phase[j] = column[j * s * xs_w];
+                    j = hi;
+                } else if (xs_w == 1 && s == 2) {
+                    /* A shuffle per VLEN phase columns (the scalar loop cost 14% of a stride-2 layer
+                     * of 64 channels); the input ends at column[width + pad_left - p - 1]. */
+                    for (; j + VLEN <= hi && 2 * j + 2 * VLEN <= job->width + job->pad_left - p; j += VLEN)
+                        store(phase + j, __builtin_shuffle(load(column + 2 * j), load(column + 2 * j + VLEN),
+                                                           (vi)EVENS));
+                }
+                for (; j < hi; j++) phase[j] = column[j * s * xs_w];
                 for (int64_t j = hi; j < j1; j++) phase[j] = 0.0f;
             }
         }
