@@ -142,10 +142,12 @@ static void fill(const exec_job *job, int64_t b, int64_t o, int64_t c0, int64_t 
 static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0, int64_t count, int64_t j0,
                       int64_t j1) {
     int64_t s = job->stride_w, pw = job->phase_w, xs_w = job->xs_w;
-    for (int64_t r = 0; r < count; r++) {
-        int64_t h = r0 + r;
-        if (h < 0 || h >= job->height) continue;
-        for (int64_t ci = 0; ci < job->channels; ci++) {
+    /* Channel by channel: the rows of one channel are one run of the input (when contiguous), which
+     * the hardware prefetcher streams; row by row, each row of each channel starts a new stream. */
+    for (int64_t ci = 0; ci < job->channels; ci++) {
+        for (int64_t r = 0; r < count; r++) {
+            int64_t h = r0 + r;
+            if (h < 0 || h >= job->height) continue;
             const float *src = job->x + b * job->xs_b + ci * job->xs_c + h * job->xs_h;
             float *dst = buffer + (r * job->channels + ci) * s * pw;
             for (int64_t p = 0; p < s; p++) {
