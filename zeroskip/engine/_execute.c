@@ -45,9 +45,7 @@
  * the 3-channel 7x7 stem's 147 taps), else chunks of about KC_SPLIT, whose partial sums keep the
  * rounding error of thousands of terms at or below dense's. */
 #define KC 160
-#ifndef KC_SPLIT
 #define KC_SPLIT 64
-#endif
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
 typedef int32_t vi __attribute__((vector_size(VLEN * 4)));
@@ -451,12 +449,8 @@ static void *run_items(void *arg) {
 /* Cut the rows of every image into work items of about `total / (threads * 4)` work each (at most
  * MAX_ITEM_ROWS rows, so that the input buffer stays small). Returns the largest item's rows, or -1
  * when out of memory. */
-#ifndef MAX_ITEM_ROWS
 #define MAX_ITEM_ROWS 32
-#endif
-#ifndef ITEMS_PER_THREAD
 #define ITEMS_PER_THREAD 4
-#endif
 /* Filling one output costs about as much as this many multiply-accumulates of the kernel. */
 #define FILL_MACS 4
 static int64_t cut_items(exec_job *job, int threads) {
