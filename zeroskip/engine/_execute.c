@@ -307,9 +307,10 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
 /* Convolve the pixel blocks of image b for group g: out = bias + sum over taps of weight x input.
  * `rows` lists the output rows the blocks index.
  *
- * Taps go in chunks (job->chunk, see KC) and output channels in blocks of MR: one block's weights
- * for one chunk are packed (chunk x MR, in L1) and read by every pixel block of the item, so the weights are read
- * from memory once per item, not once per pixel block. Each chunk's partial sums are added into
+ * Taps go in chunks (job->chunk, see KC) and output channels in blocks of MR (the group's last one
+ * of its own size, see KERNELS): one block's weights for one chunk are packed (chunk x MR, in L1)
+ * and read by every pixel block of the item, so the weights are read from memory once per item,
+ * not once per pixel block. Each chunk's partial sums are added into
  * the output (in cache: an item's output rows are small): the rounding error of one long running
  * sum grows with the number of terms (K reaches thousands) much faster than that of chunk sums. */
 static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
