@@ -37,6 +37,9 @@
 #define NV 2
 #endif
 #define NR (VLEN * NV)
+/* The group's last block of channels, see KERNELS. */
+#define MR_WIDE (MR + MR / 3)
+#define MR_NARROW (MR * 2 / 3)
 #define MAX_THREADS 256
 /* The order of the sums is oneDNN's (PyTorch's dense CPU convolution, measured bit for bit on
  * AVX-512 against F.conv2d), so that float32 results equal dense's, not only come close: taps in
@@ -48,6 +51,15 @@
 #define ONE_BY_ONE_CHANNELS 256
 
 typedef float vf __attribute__((vector_size(VLEN * 4)));
+typedef int32_t vi __attribute__((vector_size(VLEN * 4)));
+/* The even lanes of two vectors (a stride-2 phase of 2 VLEN columns). */
+#if VLEN == 16
+#define EVENS {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}
+#elif VLEN == 8
+#define EVENS {0, 2, 4, 6, 8, 10, 12, 14}
+#else
+#define EVENS {0, 2, 4, 6}
+#endif
 
 static inline vf load(const float *p) {
     vf v;
@@ -136,10 +148,12 @@ static void fill(const exec_job *job, int64_t b, int64_t o, int64_t c0, int64_t 
 static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0, int64_t count, int64_t j0,
                       int64_t j1) {
     int64_t s = job->stride_w, pw = job->phase_w, xs_w = job->xs_w;
-    for (int64_t r = 0; r < count; r++) {
-        int64_t h = r0 + r;
-        if (h < 0 || h >= job->height) continue;
-        for (int64_t ci = 0; ci < job->channels; ci++) {
+    /* Channel by channel: the rows of one channel are one run of the input (when contiguous), which
+     * the hardware prefetcher streams; row by row, each row of each channel starts a new stream. */
+    for (int64_t ci = 0; ci < job->channels; ci++) {
+        for (int64_t r = 0; r < count; r++) {
+            int64_t h = r0 + r;
+            if (h < 0 || h >= job->height) continue;
             const float *src = job->x + b * job->xs_b + ci * job->xs_c + h * job->xs_h;
             float *dst = buffer + (r * job->channels + ci) * s * pw;
             for (int64_t p = 0; p < s; p++) {
@@ -152,62 +166,138 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
                 hi = hi > j1 ? j1 : (hi < lo ? lo : hi);
                 const float *column = src + (p - job->pad_left) * xs_w;
                 for (int64_t j = j0; j < lo; j++) phase[j] = 0.0f;
-                if (xs_w == 1 && s == 1)
+                int64_t j = lo;
+                if (xs_w == 1 && s == 1) {
                     memcpy(phase + lo, column + lo, (size_t)(hi - lo) * sizeof(float));
-                else
-                    for (int64_t j = lo; j < hi; j++) phase[j] = column[j * s * xs_w];
+                    j = hi;
+                } else if (xs_w == 1 && s == 2) {
+                    /* A shuffle per VLEN phase columns (the scalar loop cost 14% of a stride-2 layer
+                     * of 64 channels); the input ends at column[width + pad_left - p - 1]. */
+                    for (; j + VLEN <= hi && 2 * j + 2 * VLEN <= job->width + job->pad_left - p; j += VLEN)
+                        store(phase + j, __builtin_shuffle(load(column + 2 * j), load(column + 2 * j + VLEN),
+                                                           (vi)EVENS));
+                }
+                for (; j < hi; j++) phase[j] = column[j * s * xs_w];
                 for (int64_t j = hi; j < j1; j++) phase[j] = 0.0f;
             }
         }
     }
 }
 
-/* acc[m][v] = start[m] + sum_k A[k, m] * B_k[at[v] ...], for MR channels and `vectors` vectors of VLEN pixels,
- * B_k = pointers[k]. The vectors of one call may come from anywhere in an output row, so that short
- * or scattered active runs fill the kernel's vectors as well as long ones do. */
-static inline void kernel(int64_t k, const float *a, const float *const *pointers, const int64_t *at, int vectors,
-                          const float *start, vf acc[MR][NV]) {
-    for (int i = 0; i < MR; i++)
-        for (int v = 0; v < NV; v++) acc[i][v] = (vf){0} + start[i];
-    if (vectors == NV) {
-        for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b[NV];
-            for (int v = 0; v < NV; v++) b[v] = load(pointers[t] + at[v]);
+/* acc[i][v] = init[i] + sum_k A[k, i] * pointers[v][k][at[v] ...], for m channels and w vectors of VLEN
+ * pixels (m and w constants where it is inlined: the sums stay in registers). The vectors of one
+ * call may come from anywhere in the item's output rows (each has its row's table of tap pointers),
+ * so that short or scattered active runs, and rows whose width is not a multiple of NR, fill the
+ * kernel's vectors as well as long ones do. */
+static inline __attribute__((always_inline)) void kernel(int m, int w, int64_t k, const float *a,
+                                                         const float *const *const pointers[], const int64_t *at,
+                                                         const float *init, vf acc[MR_WIDE][NV]) {
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < w; v++) acc[i][v] = (vf){0} + init[i];
+    for (int64_t t = 0; t < k; t++, a += m) {
+        vf b[NV];
+        for (int v = 0; v < w; v++) b[v] = load(pointers[v][t] + at[v]);
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; i++)
-                for (int v = 0; v < NV; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
-        }
-    } else {
-        for (int64_t t = 0; t < k; t++, a += MR) {
-            vf b = load(pointers[t] + at[0]);
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; i++) acc[i][0] += a[i] * b;
-        }
+        for (int i = 0; i < m; i++)
+            for (int v = 0; v < w; v++) acc[i][v] += a[i] * b[v]; /* the scalar is broadcast */
     }
 }
 
+/* A block of m channels and w full vectors of contiguous outputs: the sums go from the registers
+ * into the output in the same function, never stored to the stack and read back (that round trip
+ * and a general epilogue's address arithmetic cost about a fifth of a 64-tap chunk's time).
+ * dst[v]: the block's first channel's outputs of vector v; init: the values the sums start from;
+ * first: the values the first chunk adds to (NULL for a later chunk, which adds to the output). */
+static inline __attribute__((always_inline)) void sums(int m, int w, int64_t k, const float *a,
+                                                       const float *const *const pointers[], const int64_t *at,
+                                                       float *const dst[], int64_t os_c, const float *init,
+                                                       const float *first) {
+    vf acc[MR_WIDE][NV];
+    kernel(m, w, k, a, pointers, at, init, acc);
+#pragma GCC unroll 16
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < w; v++) {
+            float *p = dst[v] + i * os_c;
+            store(p, (first ? (vf){0} + first[i] : load(p)) + acc[i][v]);
+        }
+}
+
+/* Any other vector (partly used, or strided outputs) of a block of m channels, `channels` of them
+ * real: its `cols` outputs one at a time. */
+static inline __attribute__((always_inline)) void sums_partial(int m, int64_t k, const float *a,
+                                                               const float *const *pointers, int64_t at,
+                                                               float *dst, int64_t channels, int64_t cols,
+                                                               int64_t os_c, int64_t os_w, const float *init,
+                                                               const float *first) {
+    vf acc[MR_WIDE][NV];
+    const float *const *table[1] = {pointers};
+    kernel(m, 1, k, a, table, &at, init, acc);
+    for (int64_t i = 0; i < channels; i++) {
+        float tmp[VLEN], *row = dst + i * os_c;
+        store(tmp, acc[i][0]);
+        for (int64_t c = 0; c < cols; c++) row[c * os_w] = (first ? first[i] : row[c * os_w]) + tmp[c];
+    }
+}
+
+/* The kernels of the three block sizes, called per block through pointers. The main block is MR x
+ * NV; the group's last block is MR_WIDE x 1 where that covers its remaining channels exactly or
+ * nearly (64 = 4 x 12 + 16: one 12-channel block for the last 4 channels would waste two thirds of
+ * its work, 11% of the layer's), or MR_NARROW x NV where that does. */
+typedef void sums_fn(int64_t, const float *, const float *const *const[], const int64_t *, float *const[], int64_t,
+                     const float *, const float *);
+typedef void partial_fn(int64_t, const float *, const float *const *, int64_t, float *, int64_t, int64_t, int64_t,
+                        int64_t, const float *, const float *);
+#define KERNELS(name, m, w)                                                                                      \
+    static void sums_##name(int64_t k, const float *a, const float *const *const pointers[], const int64_t *at, \
+                            float *const dst[], int64_t os_c, const float *init, const float *first) {            \
+        sums(m, w, k, a, pointers, at, dst, os_c, init, first);                                                   \
+    }                                                                                                             \
+    static void partial_##name(int64_t k, const float *a, const float *const *pointers, int64_t at, float *dst,   \
+                               int64_t channels, int64_t cols, int64_t os_c, int64_t os_w, const float *init,     \
+                               const float *first) {                                                              \
+        sums_partial(m, k, a, pointers, at, dst, channels, cols, os_c, os_w, init, first);                        \
+    }
+KERNELS(main, MR, NV)
+KERNELS(wide, MR_WIDE, 1)
+KERNELS(narrow, MR_NARROW, NV)
+
 typedef struct {
-    int64_t row;                /* the output row's index among the item's computed rows */
-    int64_t at[NV], cols[NV];   /* per vector: first output column and columns used (0: unused) */
+    /* per vector: its output row's index among the item's computed rows, first output column and
+     * columns used (0: unused) */
+    int64_t row[NV], at[NV], cols[NV];
     int vectors;
 } pixel_block;
 
-/* The weights of block `blk` of group g for the chunk of taps from t0, as a[taps][MR] (rows past the
- * group's output channels zero). Each such panel is packed once per call by whichever thread needs
- * it first, into memory shared by all; a thread that finds another one packing it packs its own
- * copy into `scratch` rather than wait for a thread the scheduler may have taken away. */
+/* The channels of the kernel of a group's last block (see KERNELS); the others have MR. */
+static int64_t last_channels(const exec_job *job) {
+    int64_t rest = job->group_out % MR;
+    if (!rest) return MR;
+    if (job->group_out > MR && rest <= MR_WIDE - MR) return MR_WIDE;
+    return rest <= MR_NARROW ? MR_NARROW : MR;
+}
+
+/* The channels of a group's blocks, each rounded up to its kernel's. */
+static int64_t padded_channels(const exec_job *job) { return (job->blocks - 1) * MR + last_channels(job); }
+
+/* The weights of block `blk` of group g for taps [t0, t0 + chunk) (in the order of the sums), as a[taps][m] (m: the block's
+ * kernel's channels; rows past the group's output channels zero), stored after those of the
+ * group's channels and taps before it: the panels take the weights' size (a fixed slot per panel
+ * took 3.4x that for 256 channels in chunks of 64, whose first touch cost 7% of the call).
+ * Each panel is packed once per call by whichever thread needs it first, into memory shared by
+ * all; a thread that finds another one packing it packs its own copy into `scratch` rather than
+ * wait for a thread the scheduler may have taken away. */
 static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
-    int64_t index = (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
-    int *state = job->panel_state + index;
-    float *a = job->panels + index * job->chunk * MR;
+    int *state = job->panel_state + (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
+    int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
+    float *a = job->panels + (g * padded_channels(job) + blk * MR) * job->chunks * job->chunk + t0 * m;
     int expected = 0;
     if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
     if (!__atomic_compare_exchange_n(state, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) a = scratch;
-    int64_t m = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
+    int64_t first = g * job->group_out + blk * MR, channels = job->group_out - blk * MR;
     int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
-    for (int64_t i = 0; i < MR; i++) {
-        const float *w = job->weight + (m + i) * job->k;
-        for (int64_t t = 0; t < taps; t++) a[t * MR + i] = i < channels ? w[job->tap_weight[t0 + t]] : 0.0f;
+    for (int64_t i = 0; i < m; i++) {
+        const float *w = job->weight + (first + i) * job->k;
+        for (int64_t t = 0; t < taps; t++) a[t * m + i] = i < channels ? w[job->tap_weight[t0 + t]] : 0.0f;
     }
     if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
     return a;
@@ -228,10 +318,11 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
 /* Convolve the pixel blocks of image b for group g: out = bias + sum over taps of weight x input.
  * `rows` lists the output rows the blocks index.
  *
- * Taps go in chunks (job->chunk, see CHUNK_CHANNELS) and output channels in blocks of MR: one
- * block's weights for one chunk are packed (chunk x MR) and read by every pixel block of the item,
- * so the weights are read from memory once per item, not once per pixel block. Each chunk's sums
- * are added into the output (in cache: an item's output rows are small). */
+ * Taps go in chunks (job->chunk, see CHUNK_CHANNELS) and output channels in blocks of MR (the
+ * group's last one of its own size, see KERNELS): one block's weights for one chunk are packed
+ * (chunk x MR) and read by every pixel block of the item, so the weights are read from memory once
+ * per item, not once per pixel block. Each chunk's sums are added into the output (in cache: an
+ * item's output rows are small). */
 static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
                     const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
                     int64_t g, int64_t r0) {
@@ -242,44 +333,48 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
         for (int64_t r = 0; r < row_count; r++)
             tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
         for (int64_t blk = 0; blk < job->blocks; blk++) {
-            int64_t channels = job->group_out - blk * MR < MR ? job->group_out - blk * MR : MR;
+            int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
+            int64_t channels = job->group_out - blk * MR < m ? job->group_out - blk * MR : m;
+            sums_fn *full_sums = m == MR ? sums_main : m == MR_WIDE ? sums_wide : sums_narrow;
+            partial_fn *partial = m == MR ? partial_main : m == MR_WIDE ? partial_wide : partial_narrow;
+            int w = m == MR_WIDE ? 1 : NV;
             const float *a = panel(job, g, blk, t0, scratch);
             /* The first chunk's sums start from the bias (1 x 1 kernels) or have it added. */
-            float start[MR] = {0};
-            for (int64_t i = 0; job->bias && job->bias_in_sum && !t0 && i < channels; i++)
-                start[i] = job->bias[m0 + blk * MR + i];
+            float bias[MR_WIDE], zero[MR_WIDE] = {0};
+            for (int64_t i = 0; i < m; i++) bias[i] = job->bias && i < channels ? job->bias[m0 + blk * MR + i] : 0.0f;
+            const float *init = !t0 && job->bias_in_sum ? bias : zero;
+            const float *start = t0 ? NULL : job->bias_in_sum ? zero : bias;
+            float *base = out + (m0 + blk * MR) * job->os_c;
             for (int64_t n = 0; n < count; n++) {
                 const pixel_block *q = blocks + n;
-                vf acc[MR][NV];
-                kernel(taps, a, pointers + q->row * job->chunk, q->at, q->vectors, start, acc);
-                for (int64_t i = 0; i < channels; i++) {
-                    int64_t m = m0 + blk * MR + i;
-                    /* what the first chunk's sums are added to */
-                    float first = job->bias && !job->bias_in_sum ? job->bias[m] : 0.0f;
-                    for (int v = 0; v < q->vectors; v++) {
-                        float *dst = out + m * job->os_c + rows[q->row] * job->os_h + q->at[v] * job->os_w;
-                        if (q->cols[v] == VLEN && job->os_w == 1) {
-                            store(dst, (t0 ? load(dst) : (vf){0} + first) + acc[i][v]);
-                            continue;
-                        }
-                        float tmp[VLEN];
-                        store(tmp, acc[i][v]);
-                        for (int64_t c = 0; c < q->cols[v]; c++)
-                            dst[c * job->os_w] = (t0 ? dst[c * job->os_w] : first) + tmp[c];
-                    }
+                int full = channels == m && q->vectors == NV && job->os_w == 1;
+                const float *const *table[NV];
+                float *dst[NV];
+                for (int v = 0; v < q->vectors; v++) {
+                    full &= q->cols[v] == VLEN;
+                    table[v] = pointers + q->row[v] * job->chunk;
+                    dst[v] = base + rows[q->row[v]] * job->os_h + q->at[v] * job->os_w;
                 }
+                if (full)
+                    for (int v = 0; v < NV; v += w)
+                        full_sums(taps, a, table + v, q->at + v, dst + v, job->os_c, init, start);
+                else
+                    for (int v = 0; v < q->vectors; v++)
+                        partial(taps, a, table[v], q->at[v], dst[v], channels, q->cols[v], job->os_c, job->os_w, init,
+                                start);
             }
         }
     }
 }
 
 /* The output rows [o0, o1) of image b: background where no active tile is; where one is, the
- * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors.
- * Returns the number of blocks. */
+ * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors
+ * (a block's vectors may lie on different rows). Returns the number of blocks. */
 static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t *rows, int64_t *row_count,
                          pixel_block *blocks) {
     int64_t count = 0;
     *row_count = 0;
+    pixel_block *open = NULL; /* a block with a vector left, which the next active columns fill */
     for (int64_t o = o0; o < o1; o++) {
         if (job->rows && !job->rows[b * job->out_h + o]) {
             fill(job, b, o, 0, job->out_w);
@@ -287,7 +382,6 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
         int64_t done = 0; /* columns [0, done) are written or planned */
-        pixel_block *open = NULL; /* a block of this row with a vector left */
         for (int64_t j = 0; j < job->tiles_j;) {
             if (!tiles[j]) {
                 j++;
@@ -301,9 +395,9 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             for (int64_t c = first; c < last; c += VLEN) {
                 if (!open) {
                     open = blocks + count++;
-                    open->row = *row_count;
                     open->vectors = 0;
                 }
+                open->row[open->vectors] = *row_count;
                 open->at[open->vectors] = c;
                 open->cols[open->vectors] = last - c < VLEN ? last - c : VLEN;
                 if (++open->vectors == NV) open = NULL;
@@ -326,7 +420,7 @@ static void *run_items(void *arg) {
     const float **pointers = (const float **)malloc((size_t)(job->item_rows * job->chunk) * sizeof(float *));
     pixel_block *blocks = (pixel_block *)malloc((size_t)most_blocks * sizeof(pixel_block));
     int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
-    float *scratch = (float *)malloc((size_t)(job->chunk * MR) * sizeof(float));
+    float *scratch = (float *)malloc((size_t)(job->chunk * MR_WIDE) * sizeof(float));
     if (!buffer || !pointers || !blocks || !rows || !scratch) {
         free(buffer);
         free(pointers);
@@ -432,7 +526,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->phase_w = job->out_w + (job->kw - 1) * job->dil_w / job->stride_w + NR;
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
     job->item_rows = most;
-    job->blocks = (job->group_out + MR - 1) / MR;
+    job->blocks = job->group_out / MR + (last_channels(job) == MR_WIDE ? 0 : job->group_out % MR != 0);
     int64_t area = job->kh * job->kw;
     job->bias_in_sum = area == 1;
     int64_t chunk_channels = area == 1 ? ONE_BY_ONE_CHANNELS : CHUNK_CHANNELS;
@@ -440,7 +534,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     job->chunk = chunk_channels * area; /* the last chunk may have fewer channels */
     job->chunks = (job->k + job->chunk - 1) / job->chunk;
     int64_t count = job->groups * job->blocks * job->chunks;
-    job->panels = (float *)malloc((size_t)(count * job->chunk * MR) * sizeof(float));
+    job->panels = (float *)malloc((size_t)(job->groups * padded_channels(job) * job->chunks * job->chunk) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
     job->tap_dy = (int64_t *)malloc((size_t)job->k * 3 * sizeof(int64_t));
     if (!job->panels || !job->panel_state || !job->tap_dy) {
