@@ -106,3 +106,23 @@ def test_zeroed_outputs_equal_dense(bias):
         values[1] = -0.0
     for _ in range(2):  # the second call may get the first's memory back
         torch.testing.assert_close(zeroskip.conv2d(x, weight, values, 2, 3), F.conv2d(x, weight, values, 2, 3))
+
+
+def test_populating_for_reading_keeps_values(monkeypatch):
+    x, weight, g = _large_geometry()
+    monkeypatch.setattr(_alloc, "_fresh", lambda start, end: True)
+    out, (start, end) = _alloc.new_output(x, weight, g, zeroed=True)
+    out[0, 3, 100, 7] = 2.5
+    begin = out.data_ptr()
+    inside = out.flatten()[(start - begin) // 4 : (end - begin) // 4]  # the rest is uninitialised
+    calls = []
+    advise = _alloc._MADVISE
+    monkeypatch.setattr(_alloc, "_MADVISE", lambda *args: calls.append(args) or advise(*args))
+    _alloc.populate_for_reading(out[1])  # one frame of the batch: its own memory only
+    ((first, length, advice),) = calls
+    frame = out[1].data_ptr()
+    assert advice == _alloc._MADV_POPULATE_READ and frame <= first and first + length <= frame + out[1].nbytes
+    _alloc.populate_for_reading(out)
+    assert out[0, 3, 100, 7] == 2.5 and int(torch.count_nonzero(inside)) == 1
+    _alloc.populate_for_reading(torch.zeros(4, 4))  # small: nothing to do
+    assert len(calls) == 2

@@ -34,6 +34,7 @@ import torch.nn as nn
 from . import __version__, _profiler
 from ._geometry import check_conv_args
 from .convert import sparsify_
+from .engine.output import populate_for_reading
 from .masking import SUBTRACTORS, BackgroundMasker, _cv2, frames_to_tensor
 from .models import MODELS, build_model
 
@@ -355,6 +356,8 @@ class ModelRun:
         sparse = [t[rows] for t in _tensors(self.y_sparse)]
         dense = [t[rows] for t in _tensors(self.y_dense)]
         reference = dense if self.y_dense is not None else sparse
+        for output in sparse:
+            populate_for_reading(output)  # its skipped pages: mapped at once, not a fault each below
         pairs = list(zip(sparse, dense))
         error = max((float((a - b).abs().max()) for a, b in pairs if b.numel()), default=0.0) if pairs else nan
         zeros = sum(b.numel() - int(torch.count_nonzero(b)) for b in reference)
