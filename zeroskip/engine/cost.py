@@ -87,7 +87,7 @@ def image_costs(g: ConvGeometry, itemsize: int, checked: bool = True) -> ImageCo
     macs = outputs * (g.in_channels // g.groups) * g.kernel[0] * g.kernel[1]
     store = outputs * _NS_PER_OUTPUT * width
     convolution = macs * _NS_PER_MAC + store
-    # Input read per tile over its share, for the default 16 x 32 tiles.
+    # Input read per tile over its share, for the torch executor's default 16 x 32 tiles.
     halo = (1 + g.window[0] / (16 * g.stride[0])) * (1 + g.window[1] / (32 * g.stride[1]))
     rows_full = convolution + outputs * _NS_PER_COPY * width
     weight_bytes = g.out_channels * (g.in_channels // g.groups) * g.kernel[0] * g.kernel[1] * itemsize
