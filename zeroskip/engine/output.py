@@ -49,6 +49,12 @@ def _libc(name: str, argtypes: list) -> ctypes._CFuncPtr | None:
     return function
 
 
+def _whole_pages(address: int, size: int, page: int) -> tuple[int, int]:
+    """``[start, end)``: the whole pages of ``page`` bytes inside ``size`` bytes at ``address``, so
+    that advice never reaches a neighbour's memory (``end <= start``: none)."""
+    return -(-address // page) * page, (address + size) // page * page
+
+
 _MADVISE = _libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
 _MINCORE = _libc("mincore", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
 _HUGEPAGES = os.environ.get("ZEROSKIP_HUGEPAGES", "1") != "0" and hasattr(mmap, "MADV_HUGEPAGE")
@@ -61,10 +67,7 @@ def empty_strided(
     tensor = torch.empty_strided(shape, strides, dtype=dtype, device=device)
     size = tensor.untyped_storage().nbytes()
     if _HUGEPAGES and _MADVISE is not None and device.type == "cpu" and size >= _HUGEPAGE_MIN_BYTES:
-        address = tensor.untyped_storage().data_ptr()
-        # Only whole huge pages inside the tensor's memory: never advise a neighbour's.
-        start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
-        end = (address + size) // _HUGE_PAGE * _HUGE_PAGE
+        start, end = _whole_pages(tensor.untyped_storage().data_ptr(), size, _HUGE_PAGE)
         if end > start:
             _MADVISE(start, end - start, mmap.MADV_HUGEPAGE)  # advice only: a failure changes nothing
     return tensor
@@ -138,9 +141,7 @@ def new_output(
     if not (zeroed and _MADVISE is not None and x.device.type == "cpu" and size >= _ZEROED_MIN_BYTES):
         return empty_strided(shape, strides, x.dtype, x.device), (0, 0)
     out = torch.empty_strided(shape, strides, dtype=x.dtype, device=x.device)
-    address = out.untyped_storage().data_ptr()
-    start = -(-address // _PAGE) * _PAGE
-    end = (address + out.untyped_storage().nbytes()) // _PAGE * _PAGE
+    start, end = _whole_pages(out.untyped_storage().data_ptr(), out.untyped_storage().nbytes(), _PAGE)
     # MADV_DONTNEED, not the sample, is what makes the pages read as +0.0 (private anonymous memory).
     if end <= start or not _fresh(start, end) or _MADVISE(start, end - start, mmap.MADV_DONTNEED) != 0:
         return out, (0, 0)
@@ -171,7 +172,6 @@ def populate_for_reading(tensor: torch.Tensor) -> None:
     size = tensor.numel() * tensor.element_size() if dense else storage.nbytes()
     if _MADVISE is None or size < _POPULATE_MIN_BYTES:
         return
-    start = -(-address // _PAGE) * _PAGE
-    end = (address + size) // _PAGE * _PAGE
+    start, end = _whole_pages(address, size, _PAGE)
     if end > start:
         _MADVISE(start, end - start, _MADV_POPULATE_READ)
