@@ -258,3 +258,43 @@ def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, b
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(sparse, dense, rtol=0, atol=0)
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 12),
+    width=st.integers(1, 40),
+    rows=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    cols=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    images=st.integers(1, 2),
+    channels_last=st.booleans(),
+    active=st.floats(0.0, 0.5),
+    seed=st.integers(0, 2**16),
+)
+def test_native_fill_writes_the_background_field(height, width, rows, cols, images, channels_last, active, seed):
+    """Skipped outputs get the carried background field, its border bands included (their columns
+    one by one, the interior as one value), on rows with and without computed tiles."""
+    from zeroskip._background import Background
+    from zeroskip.engine.plan import carried_maps
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = rows if sum(rows) < height else (height, 0)
+    cols = cols if sum(cols) < width else (width, 0)
+    core = torch.randn(images, 5, min(height, sum(rows) + 1), min(width, sum(cols) + 1), generator=generator)
+    field = Background(core, (height, width), rows, cols)
+    x = torch.randn(images, 2, height, width, generator=generator)
+    weight = torch.randn(5, 2, 1, 1, generator=generator)
+    g = check_conv_args(x, weight, None, 1, 0, 1, 1)
+    activity = torch.rand(images, height, width, generator=generator) < active
+    tiles, active_rows = carried_maps(activity, (1, 4))
+    out = torch.full((images, 5, height, width), float("nan"))
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    _native.execute(x, weight, None, out, g, tiles.view(torch.uint8), (1, 4), active_rows.view(torch.uint8),
+                    (field.core.contiguous(), rows, cols))
+    expected = torch.empty(images, 5, height, width)
+    field.fill(expected)
+    computed = F.conv2d(x, weight)
+    inside = (tiles.repeat_interleave(4, 2)[:, :, :width] & active_rows[:, :, None])[:, None].expand_as(out)
+    torch.testing.assert_close(out, torch.where(inside, computed, expected), rtol=0, atol=0)

@@ -115,29 +115,31 @@ static inline int64_t core_index(int64_t i, int64_t size, int64_t lead, int64_t 
     return lead;
 }
 
-/* Background values into output row `o` of image `b`, columns [c0, c1), every output channel. */
+/* Background values into output row `o` of image `b`, columns [c0, c1), every output channel: the
+ * columns of the left and right bands one by one, those between them one value (a vectorised
+ * run, not written where it is +0.0 in the zeroed range). */
 static void fill(const exec_job *job, int64_t b, int64_t o, int64_t c0, int64_t c1) {
     if (c0 >= c1) return;
     int64_t channels = job->groups * job->group_out;
     const float *core = job->core + (b % job->core_b) * channels * job->core_h * job->core_w +
                         core_index(o, job->out_h, job->band_top, job->band_bottom) * job->core_w;
     float *row = job->out + b * job->os_b + o * job->os_h;
-    int constant = job->band_left == 0 && job->band_right == 0;
+    int64_t lead = job->band_left, trail = job->out_w - job->band_right;
+    int64_t inner0 = lead < c0 ? c0 : (lead > c1 ? c1 : lead);
+    int64_t inner1 = trail < inner0 ? inner0 : (trail > c1 ? c1 : trail);
     for (int64_t m = 0; m < channels; m++) {
         const float *values = core + m * job->core_h * job->core_w;
         float *dst = row + m * job->os_c;
-        if (constant) {
-            float v = values[0];
-            uintptr_t first = (uintptr_t)(dst + c0 * job->os_w), last = (uintptr_t)(dst + (c1 - 1) * job->os_w);
-            if (v == 0.0f && !__builtin_signbit(v) && first >= job->zero_start && last < job->zero_end) continue;
-            if (job->os_w == 1)
-                for (int64_t c = c0; c < c1; c++) dst[c] = v;
-            else
-                for (int64_t c = c0; c < c1; c++) dst[c * job->os_w] = v;
-        } else {
-            for (int64_t c = c0; c < c1; c++)
-                dst[c * job->os_w] = values[core_index(c, job->out_w, job->band_left, job->band_right)];
-        }
+        for (int64_t c = c0; c < inner0; c++) dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
+        for (int64_t c = inner1; c < c1; c++) dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
+        if (inner0 == inner1) continue;
+        float v = values[lead];
+        uintptr_t first = (uintptr_t)(dst + inner0 * job->os_w), last = (uintptr_t)(dst + (inner1 - 1) * job->os_w);
+        if (v == 0.0f && !__builtin_signbit(v) && first >= job->zero_start && last < job->zero_end) continue;
+        if (job->os_w == 1)
+            for (int64_t c = inner0; c < inner1; c++) dst[c] = v;
+        else
+            for (int64_t c = inner0; c < inner1; c++) dst[c * job->os_w] = v;
     }
 }
 
