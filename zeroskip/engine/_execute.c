@@ -16,6 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "_parallel.h"
 
@@ -67,6 +70,27 @@ static inline vf load(const float *p) {
     return v;
 }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+/* The first n < VLEN lanes only: the other lanes' memory (past a row's last output, perhaps past the
+ * tensor's end) is neither read nor written. */
+#if defined(__AVX512F__)
+static inline vf load_first(const float *p, int64_t n) { return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
+static inline void store_first(float *p, vf v, int64_t n) { _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v); }
+#elif defined(__AVX__)
+static inline __m256i first_lanes(int64_t n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+static inline vf load_first(const float *p, int64_t n) { return (vf)_mm256_maskload_ps(p, first_lanes(n)); }
+static inline void store_first(float *p, vf v, int64_t n) { _mm256_maskstore_ps(p, first_lanes(n), (__m256)v); }
+#else
+static inline vf load_first(const float *p, int64_t n) {
+    float lanes[VLEN] = {0};
+    memcpy(lanes, p, (size_t)n * sizeof(float));
+    return load(lanes);
+}
+static inline void store_first(float *p, vf v, int64_t n) {
+    float lanes[VLEN];
+    store(lanes, v);
+    memcpy(p, lanes, (size_t)n * sizeof(float));
+}
+#endif
 
 typedef struct {
     /* input (B, C, H, W), strides in elements */
@@ -205,22 +229,28 @@ static inline __attribute__((always_inline)) void kernel(int m, int w, int64_t k
     }
 }
 
-/* A block of m channels and w full vectors of contiguous outputs: the sums go from the registers
- * into the output in the same function, never stored to the stack and read back (that round trip
- * and a general epilogue's address arithmetic cost about a fifth of a 64-tap chunk's time).
- * dst[v]: the block's first channel's outputs of vector v; init: the values the sums start from;
- * first: the values the first chunk adds to (NULL for a later chunk, which adds to the output). */
+/* A block of m channels and w vectors of contiguous outputs: the sums go from the registers into
+ * the output in the same function, never stored to the stack and read back (that round trip and a
+ * general epilogue's address arithmetic cost about a fifth of a 64-tap chunk's time).
+ * dst[v]: the block's first channel's outputs of vector v; cols[v]: its outputs (a row's last
+ * vector may have fewer than VLEN: its lanes past them are computed, from buffer columns that
+ * copy_rows wrote, and never stored, which keeps a row whose width is not a multiple of VLEN in
+ * this kernel); init: the values the sums start from; first: the values the first chunk adds to
+ * (NULL for a later chunk, which adds to the output). */
 static inline __attribute__((always_inline)) void sums(int m, int w, int64_t k, const float *a,
                                                        const float *const *const pointers[], const int64_t *at,
-                                                       float *const dst[], int64_t os_c, const float *init,
-                                                       const float *first) {
+                                                       const int64_t *cols, float *const dst[], int64_t os_c,
+                                                       const float *init, const float *first) {
     vf acc[MR_WIDE][NV];
     kernel(m, w, k, a, pointers, at, init, acc);
 #pragma GCC unroll 16
     for (int i = 0; i < m; i++)
         for (int v = 0; v < w; v++) {
             float *p = dst[v] + i * os_c;
-            store(p, (first ? (vf){0} + first[i] : load(p)) + acc[i][v]);
+            if (cols[v] == VLEN)
+                store(p, (first ? (vf){0} + first[i] : load(p)) + acc[i][v]);
+            else
+                store_first(p, (first ? (vf){0} + first[i] : load_first(p, cols[v])) + acc[i][v], cols[v]);
         }
 }
 
@@ -245,14 +275,15 @@ static inline __attribute__((always_inline)) void sums_partial(int m, int64_t k,
  * NV; the group's last block is MR_WIDE x 1 where that covers its remaining channels exactly or
  * nearly (64 = 4 x 12 + 16: one 12-channel block for the last 4 channels would waste two thirds of
  * its work, 11% of the layer's), or MR_NARROW x NV where that does. */
-typedef void sums_fn(int64_t, const float *, const float *const *const[], const int64_t *, float *const[], int64_t,
-                     const float *, const float *);
+typedef void sums_fn(int64_t, const float *, const float *const *const[], const int64_t *, const int64_t *,
+                     float *const[], int64_t, const float *, const float *);
 typedef void partial_fn(int64_t, const float *, const float *const *, int64_t, float *, int64_t, int64_t, int64_t,
                         int64_t, const float *, const float *);
 #define KERNELS(name, m, w)                                                                                      \
     static void sums_##name(int64_t k, const float *a, const float *const *const pointers[], const int64_t *at, \
-                            float *const dst[], int64_t os_c, const float *init, const float *first) {            \
-        sums(m, w, k, a, pointers, at, dst, os_c, init, first);                                                   \
+                            const int64_t *cols, float *const dst[], int64_t os_c, const float *init,             \
+                            const float *first) {                                                                 \
+        sums(m, w, k, a, pointers, at, cols, dst, os_c, init, first);                                             \
     }                                                                                                             \
     static void partial_##name(int64_t k, const float *a, const float *const *pointers, int64_t at, float *dst,   \
                                int64_t channels, int64_t cols, int64_t os_c, int64_t os_w, const float *init,     \
@@ -353,13 +384,12 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
                 const float *const *table[NV];
                 float *dst[NV];
                 for (int v = 0; v < q->vectors; v++) {
-                    full &= q->cols[v] == VLEN;
                     table[v] = pointers + q->row[v] * job->chunk;
                     dst[v] = base + rows[q->row[v]] * job->os_h + q->at[v] * job->os_w;
                 }
                 if (full)
                     for (int v = 0; v < NV; v += w)
-                        full_sums(taps, a, table + v, q->at + v, dst + v, job->os_c, init, start);
+                        full_sums(taps, a, table + v, q->at + v, q->cols + v, dst + v, job->os_c, init, start);
                 else
                     for (int v = 0; v < q->vectors; v++)
                         partial(taps, a, table[v], q->at[v], dst[v], channels, q->cols[v], job->os_c, job->os_w, init,
