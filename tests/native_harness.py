@@ -46,7 +46,7 @@ def _reference(x, w, bias, groups, stride, dilation, padding, out_size) -> np.nd
     return ref + bias.reshape(1, -1, 1, 1)
 
 
-def _check_scan(native, x, kernel, stride, dilation, padding, out_size, tile, threads, row_step) -> None:
+def _check_scan(native, x, kernel, stride, dilation, padding, out_size, tile, threads, unit, row_step) -> None:
     """The scan's active output rows against the input rows under each output row."""
     batch, _, height, width = x.shape
     (ho, wo), (th, tw) = out_size, tile
@@ -55,13 +55,14 @@ def _check_scan(native, x, kernel, stride, dilation, padding, out_size, tile, th
     rows = np.zeros((batch, ho), np.uint8)
     x = x.astype(np.float32)
     steps = [s // 4 for s in x.strides]
-    # A sample (every row_step-th row of tiles), then, into the same flags, the rows it left.
+    # A sample (every row_step-th unit of rows of tiles), then, into the same flags, the units it left.
     for rest in (0, 1) if row_step > 1 else (0,):
         native.zeroskip_scan(
             ctypes.c_void_p(x.ctypes.data), *[ctypes.c_int64(v) for v in (*x.shape, *steps)], ctypes.c_int(4),
             *[ctypes.c_int64(v) for v in (tiles.shape[1], th, stride[0], padding[0], window[0], ho,
                                           tiles.shape[2], tw, stride[1], padding[1], window[1])],
-            ctypes.c_void_p(tiles.ctypes.data), ctypes.c_void_p(rows.ctypes.data), ctypes.c_int64(row_step),
+            ctypes.c_void_p(tiles.ctypes.data), ctypes.c_void_p(rows.ctypes.data), ctypes.c_int64(unit),
+            ctypes.c_int64(row_step),
             ctypes.c_int(rest), ctypes.c_int(threads),
         )
     any_row = (x != 0).any(axis=(1, 3))
@@ -116,7 +117,7 @@ def run(library: str, cases: int) -> None:
         expected = np.where(planned[:, None], reference, bias.reshape(1, -1, 1, 1))
         assert np.allclose(out, expected, rtol=1e-4, atol=1e-4), (seed, float(np.abs(out - expected).max()))
         _check_scan(native, x * (numbers.random(x.shape) < 0.05), kernel, stride, dilation, padding, (ho, wo),
-                    (th, tw), rng.choice([1, 2, 3]), rng.choice([1, 1, 4]))
+                    (th, tw), rng.choice([1, 2, 3]), rng.choice([1, 3, 8]), rng.choice([1, 1, 4]))
         checked += 1
     print(f"{checked} cases ok")
 

@@ -174,12 +174,27 @@ def test_sample_reads_every_fourth_row_of_tiles():
 def test_sample_and_its_completion_give_the_full_scan(height):
     x = sparse_input((3, 2, height, 40), 0.05, torch.float32, "contiguous", height)
     g = check_conv_args(x, torch.zeros(1, 2, 3, 3), None, 2, 1, 1, 1)
-    sample = _check.sample_activity(x, g, (4, 8))
-    # Fewer than eight rows of tiles: the sample is the whole scan.
-    assert sample.step == (4 if -(-g.out_height // 4) >= 8 else 1)
-    completed = _check.measure(x, g, (4, 8), sample)
-    full = _native.scan(x, g, (4, 8))
-    assert torch.equal(completed[0], full[0]) and torch.equal(completed[1], full[1])
+    for tile in ((4, 8), (1, 8)):
+        sample = _check.sample_activity(x, g, tile)
+        # Fewer than eight units of rows of tiles: the sample is the whole scan.
+        units = -(-(-(-g.out_height // tile[0])) // _native.scan_unit(tile))
+        assert sample.step == (4 if units >= 8 else 1)
+        completed = _check.measure(x, g, tile, sample)
+        full = _native.scan(x, g, tile)
+        assert torch.equal(completed[0], full[0]) and torch.equal(completed[1], full[1])
+
+
+@needs_native
+def test_sample_of_one_row_tiles_reads_every_fourth_unit():
+    """Tiles one output row tall are sampled in units of 8 rows of tiles, not one row in four (whose
+    receptive fields would cover most of the input)."""
+    assert _native.scan_unit((1, 16)) == 8 and _native.scan_unit((8, 16)) == 1
+    x = torch.zeros(1, 1, 256, 16)
+    x[0, 0, 8:16] = 1.0  # rows 8-15: the second unit of 8 rows, which the sample leaves
+    g = check_conv_args(x, torch.zeros(1, 1, 1, 1), None, 1, 0, 1, 1)
+    assert _check.sample_activity(x, g, (1, 16)).estimates == [(0.0, 0.0)]
+    x[0, 0, 64:68] = 1.0  # rows 64-67: half of the sampled unit 8 (of units 0, 4, 8, 12, 16, 20, 24, 28)
+    assert _check.sample_activity(x, g, (1, 16)).estimates == [(4 / 64, 4 / 64)]
 
 
 _NO_COMPILER_RUN = """

@@ -15,7 +15,7 @@ import torch
 from .._activity import cell_activity, row_activity, sampled_density, window_any
 from .._geometry import ConvGeometry, Pair
 from .cost import ImageCosts, choose, choose_native
-from .native import scan
+from .native import scan, scan_unit
 
 _REDUCED = (torch.bfloat16, torch.float16)
 # Without the native scan: above this sampled pixel density an image is treated as dense
@@ -119,15 +119,16 @@ def _torch_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> tupl
     return window_any(window_any(cells, 1, rs, re), 2, cs, ce), active_rows(x, g)
 
 
-# The sampled check scans one row of tiles in this many, where the image is at least this many
-# rows of tiles tall; a shorter one is scanned whole (a sample would be most of it).
+# The sampled check scans one unit of rows of tiles (:func:`~zeroskip.engine.native.scan_unit`) in
+# this many, where the image is at least this many units tall; a shorter one is scanned whole (a
+# sample would be most of it).
 _SAMPLE_STEP = 4
-_SAMPLE_MIN_TILE_ROWS = 8
+_SAMPLE_MIN_UNITS = 8
 
 
 @dataclass
 class Sample:
-    """A native scan of one row of tiles in ``step`` (every row when ``step`` is 1).
+    """A native scan of one unit of rows of tiles in ``step`` (every one when ``step`` is 1).
 
     Attributes:
         tiles: bool ``(B, tiles_i, tiles_j)``, the flags of the rows of tiles not scanned ``False``.
@@ -143,16 +144,17 @@ class Sample:
 
 
 def sample_activity(x: torch.Tensor, geometry: ConvGeometry, tile: Pair) -> Sample | None:
-    """The native scan of one row of tiles in :data:`_SAMPLE_STEP` (a quarter of the full check's
-    cost, which :func:`measure` then completes), or ``None`` without a native scan."""
+    """The native scan of one unit of rows of tiles in :data:`_SAMPLE_STEP` (a quarter of the full
+    check's cost, which :func:`measure` then completes), or ``None`` without a native scan."""
     g = geometry
     n_i = -(-g.out_height // tile[0])
-    step = _SAMPLE_STEP if n_i >= _SAMPLE_MIN_TILE_ROWS else 1
+    unit = scan_unit(tile)
+    step = _SAMPLE_STEP if -(-n_i // unit) >= _SAMPLE_MIN_UNITS else 1
     scanned = scan(x, g, tile, step)
     if scanned is None:
         return None
     tiles, rows = scanned
-    sampled = range(0, n_i, step)
+    sampled = [i for first in range(0, n_i, unit * step) for i in range(first, min(first + unit, n_i))]
     sampled_rows = sum(min(tile[0], g.out_height - i * tile[0]) for i in sampled)
     # numpy: the maps are on the CPU, and this runs on every call.
     tile_fractions = (tiles.numpy().sum((1, 2)) / (len(sampled) * tiles.shape[2])).tolist()

@@ -37,6 +37,9 @@ _THREAD_FLAGS = (["-fopenmp"], ["-pthread"])
 _ELEMENT_SIZES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
 # Below this many input bytes, starting a second thread for the scan costs more than it saves.
 _PARALLEL_MIN_BYTES = 1 << 20
+# Output rows per work item of the scan, and per unit of a sample of it: rows of tiles a few output
+# rows tall share, within one, the flags of the input rows under them instead of reading them again.
+_UNIT_ROWS = 8
 # Builds slower than this say so on stderr, once.
 _SLOW_BUILD_S = 1.0
 
@@ -97,7 +100,7 @@ def _build() -> ctypes.CDLL:
     library.zeroskip_scan.restype = ctypes.c_int
     library.zeroskip_scan.argtypes = [
         ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_int, *[ctypes.c_int64] * 11,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
     ]
     _abi.declare(library)
     return library
@@ -126,6 +129,11 @@ def unavailable_reason() -> str | None:
     return _failure
 
 
+def scan_unit(tile: Pair) -> int:
+    """Rows of tiles per unit of :func:`scan`: what a sample with ``row_step`` takes one in ``row_step`` of."""
+    return max(1, _UNIT_ROWS // tile[0])
+
+
 def scan(
     x: torch.Tensor,
     geometry: ConvGeometry,
@@ -138,10 +146,10 @@ def scan(
     Args:
         x: input ``(B, C, H, W)``; CPU, floating point, any strides.
         tile: output tile ``(th, tw)``.
-        row_step: scan only every ``row_step``-th row of tiles (a sample); the flags of the tiles
-            and output rows of the others are ``False``.
+        row_step: scan only every ``row_step``-th unit of :func:`scan_unit` rows of tiles (a
+            sample); the flags of the tiles and output rows of the others are ``False``.
         rest_of: the maps of such a sample (with the same ``row_step``), completed in place by
-            scanning the rows of tiles it left: together one pass over the input.
+            scanning the units it left: together one pass over the input.
 
     Returns:
         Bool tensors ``(B, ceil(H_out / th), ceil(W_out / tw))`` and ``(B, H_out)``, or ``None``
@@ -168,7 +176,7 @@ def scan(
         x.data_ptr(), *x.shape, *x.stride(), size,
         tiles_i, tile[0], g.stride[0], g.pad_top, g.window[0], g.out_height,
         tiles_j, tile[1], g.stride[1], g.pad_left, g.window[1],
-        tiles.data_ptr(), rows.data_ptr(), row_step, rest_of is not None, threads,
+        tiles.data_ptr(), rows.data_ptr(), scan_unit(tile), row_step, rest_of is not None, threads,
     )
     return None if failed else (tiles, rows)
 
