@@ -1,10 +1,11 @@
-"""Drives the native executor and scan from numpy alone (no PyTorch), against direct answers.
+"""Drives the native executor, scan and carry maps from numpy alone (no PyTorch), against direct answers.
 
 Run by ``tests/test_native_memory.py`` in a subprocess, with the library built with AddressSanitizer:
 ``python tests/native_harness.py LIBRARY CASES``. Random geometry (groups, strides, dilations,
 padding, channels_last input and output, tiles of one pixel to the whole map, thread counts) and
 random plans; every output must be the convolution where planned and the bias elsewhere, and the
-scan's active rows must be those whose receptive field holds a non-zero value.
+scan's active rows must be those whose receptive field holds a non-zero value; random activity maps
+dilated under random windows must be their direct maximum, and their tile map and rows exact.
 """
 
 from __future__ import annotations
@@ -72,6 +73,48 @@ def _check_scan(native, x, kernel, stride, dilation, padding, out_size, tile, th
         assert (rows[:, o].astype(bool) == expected).all(), ("scan rows", o)
 
 
+def _check_carry(native, rng: random.Random, numbers: np.random.Generator) -> None:
+    """The dilation of an activity map (from ``zeroskip_dilate``), then its tile map and active rows
+    (from ``zeroskip_carried_maps``), against direct answers."""
+    batch, size = rng.randint(1, 3), (rng.randint(1, 150), rng.randint(1, 150))
+    kernel, stride = (rng.randint(1, 7), rng.randint(1, 7)), (rng.randint(1, 3), rng.randint(1, 3))
+    dilation, pad = (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(0, 3), rng.randint(0, 3))
+    out_size = [max((n + 2 * p - d * (k - 1) - 1) // s + 1 + rng.randint(-1, 1), 1)
+                for n, k, s, d, p in zip(size, kernel, stride, dilation, pad)]
+    activity = (numbers.random((batch, *size)) < rng.choice([0.0, 0.02, 0.3, 1.0])).astype(np.uint8)
+    out = np.empty((batch, *out_size), np.uint8)
+    failed = native.zeroskip_dilate(
+        ctypes.c_void_p(activity.ctypes.data), *[ctypes.c_int64(v) for v in (batch, *size, size[0] * size[1], size[1])],
+        ctypes.c_void_p(out.ctypes.data),
+        *[ctypes.c_int64(v) for v in (*out_size, kernel[0], stride[0], dilation[0], pad[0],
+                                      kernel[1], stride[1], dilation[1], pad[1])],
+    )
+    assert failed == 0
+    # Padded far enough on both sides for every window; each tap a strided slice.
+    padded = np.zeros((batch, *[p + n + (o - 1) * s + d * (k - 1) + 1 for n, o, k, s, d, p in zip(
+        size, out_size, kernel, stride, dilation, pad)]), np.uint8)
+    padded[:, pad[0]:pad[0] + size[0], pad[1]:pad[1] + size[1]] = activity
+    expected = np.zeros_like(out)
+    for ty in range(kernel[0]):
+        for tx in range(kernel[1]):
+            top, left = ty * dilation[0], tx * dilation[1]
+            window = padded[:, top:top + (out_size[0] - 1) * stride[0] + 1:stride[0],
+                            left:left + (out_size[1] - 1) * stride[1] + 1:stride[1]]
+            expected = np.maximum(expected, window)
+    assert (out == expected).all(), ("dilate", batch, size, kernel, stride, dilation, pad, out_size)
+    th, tw = rng.randint(1, 9), rng.randint(1, 20)
+    tiles = np.empty((batch, -(-out_size[0] // th), -(-out_size[1] // tw)), np.uint8)
+    rows = np.empty((batch, out_size[0]), np.uint8)
+    native.zeroskip_carried_maps(
+        ctypes.c_void_p(out.ctypes.data),
+        *[ctypes.c_int64(v) for v in (batch, *out_size, out_size[0] * out_size[1], out_size[1], th, tw)],
+        ctypes.c_void_p(tiles.ctypes.data), ctypes.c_void_p(rows.ctypes.data),
+    )
+    blocks = np.pad(out, ((0, 0), (0, -out_size[0] % th), (0, -out_size[1] % tw)))
+    blocks = blocks.reshape(batch, tiles.shape[1], th, tiles.shape[2], tw)
+    assert (tiles == blocks.any(axis=(2, 4))).all() and (rows == out.any(axis=2)).all(), ("carried maps", th, tw)
+
+
 def run(library: str, cases: int) -> None:
     abi = _load_abi()
     native = ctypes.CDLL(library)
@@ -118,6 +161,7 @@ def run(library: str, cases: int) -> None:
         assert np.allclose(out, expected, rtol=1e-4, atol=1e-4), (seed, float(np.abs(out - expected).max()))
         _check_scan(native, x * (numbers.random(x.shape) < 0.05), kernel, stride, dilation, padding, (ho, wo),
                     (th, tw), rng.choice([1, 2, 3]), rng.choice([1, 3, 8]), rng.choice([1, 1, 4]))
+        _check_carry(native, rng, numbers)
         checked += 1
     print(f"{checked} cases ok")
 

@@ -1,21 +1,25 @@
-"""The native activity scan against a brute-force answer, and the torch fallback beside it."""
+"""The native activity scan against a brute-force answer, the native carry maps against torch's, and
+the torch fallback beside them."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import zeroskip
 from zeroskip._geometry import check_conv_args
+from zeroskip.activation import dilate
 from zeroskip.engine import check as _check
 from zeroskip.engine import native as _native
+from zeroskip.engine.plan import carried_maps
 
 needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
 
@@ -291,7 +295,6 @@ def test_native_fill_writes_the_background_field(height, width, rows, cols, imag
     """Skipped outputs get the carried background field, its border bands included (their columns
     one by one, the interior as one value), on rows with and without computed tiles."""
     from zeroskip._background import Background
-    from zeroskip.engine.plan import carried_maps
 
     generator = torch.Generator().manual_seed(seed)
     rows = rows if sum(rows) < height else (height, 0)
@@ -313,3 +316,74 @@ def test_native_fill_writes_the_background_field(height, width, rows, cols, imag
     computed = F.conv2d(x, weight)
     inside = (tiles.repeat_interleave(4, 2)[:, :, :width] & active_rows[:, :, None])[:, None].expand_as(out)
     torch.testing.assert_close(out, torch.where(inside, computed, expected), rtol=0, atol=0)
+
+
+def _torch_only():
+    """The library as where it is not built: every native function declines, torch serves."""
+    return mock.patch.object(_native, "library", lambda: None)
+
+
+@needs_native
+@settings(deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    size=st.tuples(st.integers(1, 90), st.integers(1, 90)),
+    kernel=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    pad=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    # Pooling with ceil_mode has one output more than the windows that fit, a caller may ask fewer.
+    extra=st.tuples(st.integers(-1, 1), st.integers(-1, 1)),
+    density=st.sampled_from([0.0, 0.02, 0.2, 1.0]),
+    values=st.sampled_from(["ones", "bytes"]),
+    layout=st.sampled_from(["contiguous", "broadcast", "strided"]),
+    tile=st.tuples(st.integers(1, 9), st.integers(1, 20)),
+    seed=st.integers(0, 2**16),
+)
+def test_native_carry_maps_equal_torch(
+    batch, size, kernel, stride, dilation, pad, extra, density, values, layout, tile, seed
+):
+    """The native dilation, tile map and active rows of a carried activity are torch's, byte for byte."""
+    axes = zip(size, kernel, stride, dilation, pad, extra)
+    out_size = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 + e for n, k, s, d, p, e in axes)
+    assume(min(out_size) >= 1)
+    generator = torch.Generator().manual_seed(seed)
+    activity = (torch.rand(batch, 1, *size, generator=generator) < density).to(torch.uint8)
+    if values == "bytes":
+        # Maps are 0 and 1, but both sides take a maximum, not an OR: any byte must come out the same.
+        activity *= torch.randint(1, 256, activity.shape, generator=generator, dtype=torch.uint8)
+    if layout == "broadcast":
+        activity = activity[:1].expand(batch, -1, -1, -1)
+    elif layout == "strided":
+        activity = torch.cat([activity, activity], 3)[..., ::2]
+    args = (out_size, kernel, stride, dilation, pad)
+    with _torch_only():
+        expected = dilate(activity, *args)
+        expected_maps = carried_maps(expected[:, 0], tile)
+    dilated = dilate(activity, *args)
+    assert dilated.dtype == torch.uint8 and torch.equal(dilated, expected)
+    maps = _native.carried_maps(dilated[:, 0], tile)
+    assert maps is not None and all(torch.equal(a, b) for a, b in zip(maps, expected_maps))
+
+
+@needs_native
+def test_native_dilate_declines_kernels_beyond_its_taps():
+    activity = (torch.rand(2, 1, 3, 80, generator=torch.Generator().manual_seed(0)) < 0.1).to(torch.uint8)
+    args = ((3, 16), (1, 65), (1, 1), (1, 1), (0, 0))
+    assert _native.dilate(activity, *args) is None
+    with _torch_only():
+        assert torch.equal(dilate(activity, *args), F.max_pool2d(activity.float(), (1, 65), 1).to(torch.uint8))
+
+
+def test_carry_maps_without_the_library_run_torch():
+    activity = torch.zeros(2, 1, 9, 11, dtype=torch.uint8)
+    activity[1, 0, 4, 5] = 1
+    with _torch_only():
+        assert _native.dilate(activity, (9, 11), (3, 3), (1, 1), (1, 1), (1, 1)) is None
+        assert _native.carried_maps(activity[:, 0], (2, 4)) is None
+        dilated = dilate(activity, (9, 11), (3, 3), (1, 1), (1, 1), (1, 1))
+        tiles, rows = carried_maps(dilated[:, 0], (2, 4))
+    assert dilated.sum() == 9 and dilated[1, 0, 3:6, 4:7].all()
+    # Output rows 3-5 and columns 4-6 are active: rows of tiles 1 and 2, column of tiles 1.
+    assert tiles[0].sum() == 0 and tiles[1].nonzero().tolist() == [[1, 1], [2, 1]]
+    assert rows.tolist() == [[False] * 9, [False] * 3 + [True] * 3 + [False] * 3]

@@ -1,5 +1,6 @@
-"""The native parts of the engine: the activity scan (``_scan.c``) and the executor (``_execute.c``),
-built on first use with the system C compiler and called through ctypes (which releases the GIL).
+"""The native parts of the engine: the activity scan (``_scan.c``), the executor (``_execute.c``) and
+the activity maps of carried inputs (``_carry.c``), built on first use with the system C compiler
+and called through ctypes (which releases the GIL).
 
 The build needs only a C compiler (no PyTorch headers, no ninja) and takes about a second; the
 library is cached per source version, compiler flags and CPU under ``$XDG_CACHE_HOME/zeroskip``
@@ -7,7 +8,7 @@ library is cached per source version, compiler flags and CPU under ``$XDG_CACHE_
 machines of different CPUs keeps one library per CPU. Without a compiler, on a platform it does not
 build on, or with ``ZEROSKIP_NATIVE=0``, the engine's torch paths run instead: the torch check
 finds the same or more active tiles (it rounds windows out to activity cells), the torch executor
-computes the same outputs with ``F.conv2d``.
+computes the same outputs with ``F.conv2d``, and torch ops compute the same carry maps.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from .._geometry import ConvGeometry, Pair
 from . import _abi
 
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c"))
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c"))
 _HEADERS = (Path(__file__).with_name("_parallel.h"),)
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 # Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
@@ -102,6 +103,12 @@ def _build() -> ctypes.CDLL:
         ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_int, *[ctypes.c_int64] * 11,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
     ]
+    library.zeroskip_dilate.restype = ctypes.c_int
+    library.zeroskip_dilate.argtypes = [
+        ctypes.c_void_p, *[ctypes.c_int64] * 5, ctypes.c_void_p, *[ctypes.c_int64] * 10,
+    ]
+    library.zeroskip_carried_maps.restype = None
+    library.zeroskip_carried_maps.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_void_p]
     _abi.declare(library)
     return library
 
@@ -179,6 +186,65 @@ def scan(
         tiles.data_ptr(), rows.data_ptr(), scan_unit(tile), row_step, rest_of is not None, threads,
     )
     return None if failed else (tiles, rows)
+
+
+def _activity_map(activity: torch.Tensor) -> torch.Tensor | None:
+    """``activity`` as the native activity functions read it (uint8 on the CPU, contiguous columns),
+    or ``None`` where they do not apply."""
+    if activity.dtype != torch.uint8 or activity.device.type != "cpu" or library() is None:
+        return None
+    # A batch broadcast from one image (stride 0) is read as it is; only the columns must be contiguous.
+    return activity if activity.stride(-1) == 1 else activity.contiguous()
+
+
+def dilate(
+    activity: torch.Tensor, out_size: Pair, kernel: Pair, stride: Pair, dilation: Pair, pad: Pair
+) -> torch.Tensor | None:
+    """:func:`zeroskip.activation.dilate` in one pass: the same bytes.
+
+    Args:
+        activity: uint8 ``(B, 1, H, W)``, any strides.
+        out_size, kernel, stride, dilation, pad: as :func:`zeroskip.activation.dilate`'s.
+
+    Returns:
+        Contiguous uint8 ``(B, 1, H_out, W_out)``, or ``None`` where the native code does not apply
+        (no library, another device or dtype, over 64 taps along an axis, a failed allocation):
+        the caller then uses torch.
+    """
+    source = _activity_map(activity)
+    if source is None:
+        return None
+    out = torch.empty((source.shape[0], 1, *out_size), dtype=torch.uint8)
+    failed = library().zeroskip_dilate(
+        source.data_ptr(), source.shape[0], *source.shape[2:], source.stride(0), source.stride(2),
+        out.data_ptr(), *out_size,
+        kernel[0], stride[0], dilation[0], pad[0], kernel[1], stride[1], dilation[1], pad[1],
+    )
+    return None if failed else out
+
+
+def carried_maps(activity: torch.Tensor, tile: Pair) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Which tiles of ``tile`` pixels and which rows of an activity map hold an active pixel.
+
+    Args:
+        activity: uint8 ``(B, H, W)``, non-zero where active, any strides.
+        tile: ``(th, tw)``.
+
+    Returns:
+        Bool ``(B, ceil(H / th), ceil(W / tw))`` and ``(B, H)``, or ``None`` where the native code
+        does not apply (no library, another device or dtype): the caller then uses torch.
+    """
+    source = _activity_map(activity)
+    if source is None:
+        return None
+    batch, height, width = source.shape
+    tiles = torch.empty((batch, -(-height // tile[0]), -(-width // tile[1])), dtype=torch.bool)
+    rows = torch.empty((batch, height), dtype=torch.bool)
+    library().zeroskip_carried_maps(
+        source.data_ptr(), batch, height, width, source.stride(0), source.stride(1), *tile,
+        tiles.data_ptr(), rows.data_ptr(),
+    )
+    return tiles, rows
 
 
 def executes(x: torch.Tensor, weight: torch.Tensor) -> bool:
