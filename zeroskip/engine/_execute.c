@@ -139,31 +139,36 @@ static inline int64_t core_index(int64_t i, int64_t size, int64_t lead, int64_t 
     return lead;
 }
 
-/* Background values into output row `o` of image `b`, columns [c0, c1), every output channel: the
- * columns of the left and right bands one by one, those between them one value (a vectorised
- * run, not written where it is +0.0 in the zeroed range). */
-static void fill(const exec_job *job, int64_t b, int64_t o, int64_t c0, int64_t c1) {
+/* Background values into output rows [o0, o1) of image `b`, columns [c0, c1), every output channel:
+ * channel by channel, so that a band of rows is written as one run of memory per channel (row by
+ * row, every row started 64 streams of writes, one per channel: 2.1 ms for the stem's 28 MB output
+ * where a memset takes 1.6), the columns of the left and right bands one by one, those between
+ * them one value (a vectorised run, not written where it is +0.0 in the zeroed range). */
+static void fill(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t c0, int64_t c1) {
     if (c0 >= c1) return;
     int64_t channels = job->groups * job->group_out;
-    const float *core = job->core + (b % job->core_b) * channels * job->core_h * job->core_w +
-                        core_index(o, job->out_h, job->band_top, job->band_bottom) * job->core_w;
-    float *row = job->out + b * job->os_b + o * job->os_h;
     int64_t lead = job->band_left, trail = job->out_w - job->band_right;
     int64_t inner0 = lead < c0 ? c0 : (lead > c1 ? c1 : lead);
     int64_t inner1 = trail < inner0 ? inner0 : (trail > c1 ? c1 : trail);
+    const float *image = job->core + (b % job->core_b) * channels * job->core_h * job->core_w;
     for (int64_t m = 0; m < channels; m++) {
-        const float *values = core + m * job->core_h * job->core_w;
-        float *dst = row + m * job->os_c;
-        for (int64_t c = c0; c < inner0; c++) dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
-        for (int64_t c = inner1; c < c1; c++) dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
-        if (inner0 == inner1) continue;
-        float v = values[lead];
-        uintptr_t first = (uintptr_t)(dst + inner0 * job->os_w), last = (uintptr_t)(dst + (inner1 - 1) * job->os_w);
-        if (v == 0.0f && !__builtin_signbit(v) && first >= job->zero_start && last < job->zero_end) continue;
-        if (job->os_w == 1)
-            for (int64_t c = inner0; c < inner1; c++) dst[c] = v;
-        else
-            for (int64_t c = inner0; c < inner1; c++) dst[c * job->os_w] = v;
+        const float *plane = image + m * job->core_h * job->core_w;
+        for (int64_t o = o0; o < o1; o++) {
+            const float *values = plane + core_index(o, job->out_h, job->band_top, job->band_bottom) * job->core_w;
+            float *dst = job->out + b * job->os_b + m * job->os_c + o * job->os_h;
+            for (int64_t c = c0; c < inner0; c++)
+                dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
+            for (int64_t c = inner1; c < c1; c++)
+                dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
+            if (inner0 == inner1) continue;
+            float v = values[lead];
+            uintptr_t first = (uintptr_t)(dst + inner0 * job->os_w), last = (uintptr_t)(dst + (inner1 - 1) * job->os_w);
+            if (v == 0.0f && !__builtin_signbit(v) && first >= job->zero_start && last < job->zero_end) continue;
+            if (job->os_w == 1)
+                for (int64_t c = inner0; c < inner1; c++) dst[c] = v;
+            else
+                for (int64_t c = inner0; c < inner1; c++) dst[c * job->os_w] = v;
+        }
     }
 }
 
@@ -416,7 +421,10 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
     pixel_block *open = NULL; /* a block with a vector left, which the next active columns fill */
     for (int64_t o = o0; o < o1; o++) {
         if (job->rows && !job->rows[b * job->out_h + o]) {
-            fill(job, b, o, 0, job->out_w);
+            int64_t end = o + 1; /* the band of inactive rows that starts here */
+            while (end < o1 && !job->rows[b * job->out_h + end]) end++;
+            fill(job, b, o, end, 0, job->out_w);
+            o = end - 1;
             continue;
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
@@ -429,7 +437,7 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             int64_t end = j;
             while (end < job->tiles_j && tiles[end]) end++;
             int64_t first = j * job->tile_w, last = end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w;
-            fill(job, b, o, done, first);
+            fill(job, b, o, o + 1, done, first);
             rows[*row_count] = o;
             for (int64_t c = first; c < last; c += VLEN) {
                 if (!open) {
@@ -444,7 +452,7 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             done = last;
             j = end;
         }
-        fill(job, b, o, done, job->out_w);
+        fill(job, b, o, o + 1, done, job->out_w);
         if (done) ++*row_count; /* the row has blocks (its active columns end after column 0) */
     }
     return count;
