@@ -230,11 +230,15 @@ def _pointwise(func, args, kwargs, inputs: Sequence[int] | None = None):
     if in_place:
         # Its carry is stale from here on; the one computed below replaces it.
         _set_carry(args[0], None)
-    if not isinstance(result, torch.Tensor) or result.dim() != 4 or tuple(result.shape[2:]) != sizes.pop():
-        return plain(result) if isinstance(result, torch.Tensor) else result
-    activity = _union([c.activity for c in carries.values()], result.shape[0])
+    if not isinstance(result, torch.Tensor):
+        return result
+    # An op in place returns its SparseActivation argument: its shape is read without dispatch.
+    values = plain(result)
+    if values.dim() != 4 or tuple(values.shape[2:]) != sizes.pop():
+        return values
+    activity = _union([c.activity for c in carries.values()], values.shape[0])
     if activity is None:
-        return plain(result)
+        return values
     fields = dict(zip(carries, aligned([c.background for c in carries.values()])))
     # Cores are shared between tensors: an op in place by name runs on a copy.
     core_args = [
