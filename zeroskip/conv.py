@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import _profiler, autograd, engine
 from ._geometry import _pair, check_conv_args
+from .activation import plain
 from .network import carry_conv, in_dense_forward
 
 MODES = ("auto", "dense", "rows", "tiles")
@@ -27,7 +28,9 @@ def _conv2d(
     input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None
 ):
     _check_mode(mode)
-    g = check_conv_args(input, weight, bias, stride, padding, dilation, groups)
+    # A carried input's shape is read here without its __torch_function__ (a few microseconds a read).
+    values = plain(input)
+    g = check_conv_args(values, weight, bias, stride, padding, dilation, groups)
     # Checked here, not where the tiles need it, so that a bad value fails on every path.
     tile_size = _pair(tile_size, "tile_size", minimum=1) if tile_size is not None else None
     if autograd.needs_grad(input, weight, bias) and not engine.dense_reason(input, weight, bias):
@@ -35,7 +38,7 @@ def _conv2d(
         return autograd.conv2d(input, weight, bias, stride, padding, dilation, groups, mode, tile_size, name, g)
     timed = _profiler.recording()
     start = time.perf_counter() if timed else 0.0
-    unbatched = input.dim() == 3
+    unbatched = values.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     carry = carry_conv(x, weight, bias, stride, padding, dilation, groups, g)
     if carry is None:

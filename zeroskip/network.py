@@ -159,7 +159,8 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     """The carry of a convolution call: ``None`` when ``input`` carries nothing, outside a forward
     known dense (4-D inputs only)."""
     carry = carried(input)
-    if carry is None or input.dim() != 4:
+    values = plain(input)
+    if carry is None or values.dim() != 4:
         return ConvCarry(input, None, _FORWARDS.stack[-1].reason) if in_dense_forward() else None
     out_activity = dilate(
         carry.activity, (g.out_height, g.out_width), g.kernel, g.stride, g.dilation, (g.pad_top, g.pad_left)
@@ -175,9 +176,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
     def background() -> Background:
         return _CACHE.get(weight, bias, repr(args), carry.background, compute)
 
-    return ConvCarry(
-        plain(input), out_activity[:, 0], _out_activity=out_activity, _background=background
-    )
+    return ConvCarry(values, out_activity[:, 0], _out_activity=out_activity, _background=background)
 
 
 # A model whose carried forward skipped nothing (every convolution ran densely: too small or too

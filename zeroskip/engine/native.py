@@ -298,10 +298,13 @@ def execute(
     bias_ = None if bias is None else bias.detach().contiguous()
     tiles = tiles.contiguous()
     rows = None if rows is None else rows.contiguous()
+    group_in = g.in_channels // g.groups
     job = _abi.Job(
         x.data_ptr(), *x.shape, *x.stride(), g.groups, *g.kernel, *g.stride, *g.dilation, g.pad_top, g.pad_left,
-        g.out_height, g.out_width, weight.data_ptr(), g.out_channels // g.groups, g.in_channels // g.groups,
-        weight[0].numel(), None if bias_ is None else bias_.data_ptr(), out.data_ptr(), *out.stride(),
+        g.out_height, g.out_width, weight.data_ptr(), g.out_channels // g.groups, group_in,
+        # The weights of one output channel, from the geometry: indexing the tensor costs a view.
+        group_in * g.kernel[0] * g.kernel[1], None if bias_ is None else bias_.data_ptr(),
+        out.data_ptr(), *out.stride(),
         tiles.data_ptr(), tiles.shape[1], tiles.shape[2], *tile, None if rows is None else rows.data_ptr(),
         core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right, *zeroed,
     )

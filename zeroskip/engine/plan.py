@@ -8,6 +8,7 @@ with ``F.conv2d`` on gathered patches, or the row ``boxes`` with one ``F.conv2d`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,15 +105,25 @@ def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.
     return (active.float() * (heights[:, None] * widths[None, :])).sum((1, 2)) / (g.out_height * g.out_width)
 
 
+@functools.lru_cache(maxsize=256)
+def _extent_weights(count: int, tile: int, size: int) -> np.ndarray:
+    """:func:`_extents` as a read-only array ``(count,)``, shared by the calls of a layer."""
+    weights = np.array(_extents(count, tile, size))
+    weights.flags.writeable = False
+    return weights
+
+
 def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, tile: Pair) -> list[float]:
     """Per image, the fraction of output pixels the native executor computes: those of active
     tiles in active rows.
 
     The maps are on the CPU (the native executor's), and numpy answers these few small operations
     several times faster than as many torch calls: this runs on every call."""
-    per_tile_row = tiles.numpy() @ np.array(_extents(tiles.shape[2], tile[1], g.out_width))
-    per_row = np.repeat(per_tile_row, tile[0], axis=1)[:, : g.out_height] * rows.numpy()
-    return (per_row.sum(1) / (g.out_height * g.out_width)).tolist()
+    per_row = tiles.numpy() @ _extent_weights(tiles.shape[2], tile[1], g.out_width)
+    if tile[0] > 1:
+        # One tile row stands for the output rows it covers.
+        per_row = np.repeat(per_row, tile[0], axis=1)[:, : g.out_height]
+    return ((per_row * rows.numpy()).sum(1) / (g.out_height * g.out_width)).tolist()
 
 
 def make_plan(
