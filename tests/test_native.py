@@ -181,7 +181,8 @@ def test_sample_and_its_completion_give_the_full_scan(height):
     for tile in ((4, 8), (1, 8)):
         sample = _check.sample_activity(x, g, tile)
         # Fewer than eight units of rows of tiles: the sample is the whole scan.
-        units = -(-(-(-g.out_height // tile[0])) // _native.scan_unit(tile))
+        tile_rows = -(-g.out_height // tile[0])
+        units = -(-tile_rows // _native.scan_unit(tile))
         assert sample.step == (4 if units >= 8 else 1)
         completed = _check.measure(x, g, tile, sample)
         full = _native.scan(x, g, tile)
