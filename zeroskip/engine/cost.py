@@ -22,10 +22,11 @@ _NS_PER_COPY = 0.3  # gathering one input element into a tile patch, or copying 
 _NS_FIXED = 400_000.0  # Python and small-tensor bookkeeping of one sparse call (torch executor)
 _NS_FIXED_NATIVE = 100_000.0  # the same with the native executor: one call, no per-box bookkeeping
 # The native executor's kernel against oneDNN's dense convolution, per computed output, at full
-# activity with glibc's heap pinned (dense without the page faults of its scratch buffer): 1.1-1.3x
-# on 3x3 layers of 64-256 channels at 1 thread (up to 1.5x for 256 channels at 2), 0.95-1.1x on the
-# 3-channel 7x7 stem (AVX-512, session 6). Over-estimated rather than under: a wrong sparse choice
-# costs speed against dense, a wrong dense one only speed-up.
+# activity with glibc's heap pinned (dense without the page faults of its scratch buffer): 1.1-1.2x
+# on 3x3 layers of 64-256 channels at 1 and 2 threads, 1.4-1.5x on 512 channels, 0.95-1.1x on the
+# 3-channel 7x7 stem (AVX-512, session 7); 1-row tiles on scattered activity (blobs) cost up to
+# 1.35x at 2 threads. Over-estimated rather than under: a wrong sparse choice costs speed against
+# dense, a wrong dense one only speed-up.
 _NATIVE_SLOWDOWN = 1.4
 _NATIVE_SLOWDOWN_FEW_CHANNELS = 1.3
 _FEW_CHANNELS = 8
