@@ -259,8 +259,8 @@ static inline __attribute__((always_inline)) void sums(int m, int w, int64_t k, 
         }
 }
 
-/* Any other vector (partly used, or strided outputs) of a block of m channels, `channels` of them
- * real: its `cols` outputs one at a time. */
+/* A vector outside the kernel above (a block's lone vector, strided outputs, or a block of m
+ * channels of which only `channels` are real): its `cols` outputs one at a time. */
 static inline __attribute__((always_inline)) void sums_partial(int m, int64_t k, const float *a,
                                                                const float *const *pointers, int64_t at,
                                                                float *dst, int64_t channels, int64_t cols,

@@ -37,7 +37,7 @@ typedef struct {
 static int64_t clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 /* column_flags: one input row's flags, flags[w] = whether column w holds a non-zero value in any
- * channel; returns whether any column does. acc: scratch of width x lanes values. Bits are masked
+ * channel; returns whether any column does. acc: scratch of width values. Bits are masked
  * to "is non-zero" (sign bit cleared) only after OR-ing, which gives the same. */
 #define SCAN_FUNCTIONS(TYPE, MASK)                                                                      \
     static int column_flags_##TYPE(const scan_job *job, const char *row, void *accumulator,             \
@@ -86,7 +86,7 @@ static void *scan_items(void *arg) {
     int64_t footprint = (job->tile_h - 1) * job->step_h + job->window_h;
     int64_t advance = job->tile_h * job->step_h; /* input rows from one row of tiles to the next */
     int64_t span = (job->unit - 1) * advance + footprint;
-    void *acc = malloc((size_t)(job->width * job->lanes + 1) * size);
+    void *acc = malloc((size_t)(job->width + 1) * size);
     uint8_t *flags = malloc((size_t)(span * job->width + 1));   /* per input row of the item, per column */
     uint8_t *row_flags = malloc((size_t)span + 1);              /* per input row of the item */
     uint8_t *merged = malloc((size_t)job->width + 1);           /* per column, under one row of tiles */
