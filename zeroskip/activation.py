@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ._background import Background, aligned
 from .engine import native
+from .fusion import Epilogue
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,15 @@ class Carry:
 
 
 class SparseActivation(torch.Tensor):
-    """A dense ``(B, C, H, W)`` tensor with a :class:`Carry`; made by :func:`wrap`, read by :func:`carried`."""
+    """A dense ``(B, C, H, W)`` tensor with a :class:`Carry`; made by :func:`wrap`, read by :func:`carried`.
+
+    A convolution's output can also hold the ops folded into it (see :mod:`zeroskip.fusion`): the
+    BatchNorm still to be called on it returns it as it is, and so does the ReLU after that.
+    """
 
     _zeroskip_carry: Carry | None
     _zeroskip_version: int | None
+    _zeroskip_folded: Folded | None
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -58,7 +64,59 @@ class SparseActivation(torch.Tensor):
             for target in (*args, kwargs.get("out")):
                 if isinstance(target, SparseActivation) and (mutated or _aliases(result, target)):
                     target._zeroskip_carry = None
+                    target._zeroskip_folded = None
         return result
+
+
+@dataclass(frozen=True)
+class Folded:
+    """Ops a convolution's output already holds: ``epilogue``'s, its BatchNorm call still to come
+    (``batch_norm_pending``), then its ReLU's, if any."""
+
+    epilogue: Epilogue
+    batch_norm_pending: bool
+
+
+def _folded(tensor: object) -> Folded | None:
+    if not isinstance(tensor, SparseActivation):
+        return None
+    with torch._C.DisableTorchFunctionSubclass():
+        return getattr(tensor, "_zeroskip_folded", None)
+
+
+def _set_folded(tensor: SparseActivation, folded: Folded | None) -> None:
+    with torch._C.DisableTorchFunctionSubclass():
+        tensor._zeroskip_folded = folded
+
+
+def fold(out: torch.Tensor, epilogue: Epilogue) -> SparseActivation:
+    """Mark a convolution's output ``out`` as holding ``epilogue``'s ops (its carry, if any, kept)."""
+    result = out if isinstance(out, SparseActivation) else out.as_subclass(SparseActivation)
+    _set_folded(result, Folded(epilogue, True))
+    return result
+
+
+def _batch_norm_folded(args, kwargs) -> torch.Tensor | None:
+    """The input itself when it already holds this BatchNorm call's result."""
+    x = args[0] if args else kwargs.get("input")
+    folded = _folded(x)
+    if folded is None or not folded.batch_norm_pending or not folded.epilogue.is_call(args, kwargs):
+        return None
+    if folded.epilogue.relu is not None:
+        _set_folded(x, Folded(folded.epilogue, False))
+        return x
+    _set_folded(x, None)
+    return x if carried(x) is not None else plain(x)
+
+
+def _relu_folded(args, kwargs) -> torch.Tensor | None:
+    """The input itself when a folded ReLU already ran on it (its only consumer: see :mod:`zeroskip.fusion`)."""
+    x = args[0] if args else kwargs.get("input")
+    folded = _folded(x)
+    if folded is None or folded.batch_norm_pending or folded.epilogue.relu is None:
+        return None
+    _set_folded(x, None)
+    return x if carried(x) is not None else plain(x)
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -230,6 +288,7 @@ def _pointwise(func, args, kwargs, inputs: Sequence[int] | None = None):
     if in_place:
         # Its carry is stale from here on; the one computed below replaces it.
         _set_carry(args[0], None)
+        _set_folded(args[0], None)
     if not isinstance(result, torch.Tensor):
         return result
     # An op in place returns its SparseActivation argument: its shape is read without dispatch.
@@ -259,10 +318,18 @@ def _argument(args, kwargs, index: int, name: str, default: Any = None) -> Any:
 
 
 def _batch_norm(func, args, kwargs):
+    done = _batch_norm_folded(args, kwargs)
+    if done is not None:
+        return done
     # Inference statistics act per channel, pointwise; batch statistics depend on every pixel.
     if _argument(args, kwargs, 5, "training", False) or _argument(args, kwargs, 1, "running_mean") is None:
         return NotImplemented
     return _pointwise(func, args, kwargs, inputs=[0])
+
+
+def _relu(func, args, kwargs):
+    done = _relu_folded(args, kwargs)
+    return done if done is not None else _pointwise(func, args, kwargs)
 
 
 def _dropout(func, args, kwargs):
@@ -452,7 +519,6 @@ def _cat(func, args, kwargs):
 def _handlers() -> dict[Callable, Callable]:
     T = torch.Tensor
     pointwise = [
-        F.relu, F.relu_, torch.relu, torch.relu_, T.relu, T.relu_,
         F.relu6, F.hardtanh, F.hardtanh_, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_, F.selu, F.celu, F.gelu,
         F.silu, F.mish, F.hardswish, F.hardsigmoid, F.softplus,
         F.sigmoid, torch.sigmoid, torch.sigmoid_, T.sigmoid, T.sigmoid_,
@@ -464,6 +530,7 @@ def _handlers() -> dict[Callable, Callable]:
         torch.div, T.div, T.div_, T.__truediv__, T.__rtruediv__, T.__itruediv__, T.__rdiv__,
     ]
     table = dict.fromkeys(pointwise, _pointwise)
+    table.update(dict.fromkeys([F.relu, F.relu_, torch.relu, torch.relu_, T.relu, T.relu_], _relu))
     table.update({
         F.batch_norm: _batch_norm,
         F.dropout: _dropout, F.dropout2d: _dropout, F.alpha_dropout: _dropout, F.feature_alpha_dropout: _dropout,

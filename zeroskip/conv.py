@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import _profiler, autograd, engine
 from ._geometry import _pair, check_conv_args
-from .activation import plain
+from .activation import SparseActivation, fold, plain
 from .network import carry_conv, in_dense_forward
 
 MODES = ("auto", "dense", "rows", "tiles")
@@ -25,7 +25,7 @@ def _check_mode(mode: object) -> str:
 
 
 def _conv2d(
-    input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None
+    input, weight, bias, stride, padding, dilation, groups, mode, tile_size=None, *, name=None, epilogue=None
 ):
     _check_mode(mode)
     # A carried input's shape is read here without its __torch_function__ (a few microseconds a read).
@@ -40,17 +40,19 @@ def _conv2d(
     start = time.perf_counter() if timed else 0.0
     unbatched = values.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    carry = carry_conv(x, weight, bias, stride, padding, dilation, groups, g)
+    carry = carry_conv(x, weight, bias, stride, padding, dilation, groups, g, epilogue)
     if carry is None:
         out, ran, fraction, detail = engine.run(x, weight, bias, padding, g, mode, tile_size)
     else:
         out, ran, fraction, detail = engine.run(
             carry.values, weight, bias, padding, g, carry.mode(mode), tile_size,
-            carry.activity, carry.background,
+            carry.activity, carry.background, carry.epilogue,
         )
         if carry.mode(mode) != mode:
             detail = carry.dense_reason
         out = carry.finish(out)
+        if carry.epilogue is not None:
+            out = fold(out, carry.epilogue)
     if unbatched:
         out = out.squeeze(0)
     if timed:
@@ -177,9 +179,14 @@ class SparseConv2d(nn.Conv2d):
             padding: object = 0
         else:
             padding = self.padding
+        # The ops after this layer that sparsify_ found foldable into it (see zeroskip.fusion), for a
+        # carried input (whose output they would otherwise read and write whole).
+        epilogue = self.__dict__.get("_zeroskip_epilogue")
+        if epilogue is not None and not (isinstance(input, SparseActivation) and epilogue.ready(self, input.dtype)):
+            epilogue = None
         return _conv2d(
             input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups, self.mode,
-            self.tile_size, name=getattr(self, "_zeroskip_name", None),
+            self.tile_size, name=getattr(self, "_zeroskip_name", None), epilogue=epilogue,
         )
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .conv import SparseConv2d, _check_mode
+from .fusion import find_epilogues
 from .network import attach, detach
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -15,7 +16,7 @@ FilterFn = Callable[[nn.Module, str], bool]
 def _dense_copy(sparse: SparseConv2d) -> nn.Conv2d:
     dense = nn.Conv2d.__new__(nn.Conv2d)
     state = dict(sparse.__dict__)
-    for key in ("mode", "tile_size", "_zeroskip_name"):
+    for key in ("mode", "tile_size", "_zeroskip_name", "_zeroskip_epilogue"):
         state.pop(key, None)
     dense.__dict__.update(state)
     return dense
@@ -74,7 +75,15 @@ def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | Non
         return module
 
     model = _convert_tree(model, leaf)
+    convs = [module for module in model.modules() if isinstance(module, SparseConv2d)]
+    for conv in convs:
+        conv.__dict__.pop("_zeroskip_epilogue", None)
     if not isinstance(model, SparseConv2d):
+        # The inference BatchNorm (and ReLU) after a convolution, written with its output.
+        epilogues = find_epilogues(model, convs)
+        for conv in convs:
+            if id(conv) in epilogues:
+                conv._zeroskip_epilogue = epilogues[id(conv)]
         attach(model)
     return model
 

@@ -27,6 +27,7 @@ from ._activity import sampled_density
 from ._background import Background
 from ._geometry import ConvGeometry
 from .activation import SparseActivation, _version, carried, dilate, plain, start, wrap
+from .fusion import Epilogue
 
 # Above this sampled pixel density the first convolution runs densely anyway (the engine's own
 # early exit), so carrying would only add the cost of the activity map.
@@ -119,11 +120,13 @@ class ConvCarry:
             the background; ``None`` for a plain input in a forward known dense.
         dense_reason: why the forward is known dense, the reason of the calls :meth:`mode` sends
             to dense.
+        epilogue: the ops folded into the output (see :mod:`zeroskip.fusion`), or ``None``.
     """
 
     values: torch.Tensor
     activity: torch.Tensor | None
     dense_reason: str = ""
+    epilogue: Epilogue | None = None
     _out_activity: torch.Tensor | None = None
     _background: Callable[[], Background] | None = None
     _filled: Background | None = field(default=None)
@@ -155,9 +158,10 @@ class ConvCarry:
         return wrap(out, self._out_activity, self._filled)
 
 
-def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry) -> ConvCarry | None:
+def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGeometry,
+               epilogue: Epilogue | None = None) -> ConvCarry | None:
     """The carry of a convolution call: ``None`` when ``input`` carries nothing, outside a forward
-    known dense (4-D inputs only)."""
+    known dense (4-D inputs only). A carried call folds ``epilogue`` (if any) into its output."""
     carry = carried(input)
     values = plain(input)
     if carry is None or values.dim() != 4:
@@ -174,9 +178,10 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
         return carry.background.windowed(op, (g.out_height, g.out_width), g.window, g.stride, (g.pad_top, g.pad_left))
 
     def background() -> Background:
-        return _CACHE.get(weight, bias, repr(args), carry.background, compute)
+        field = _CACHE.get(weight, bias, repr(args), carry.background, compute)
+        return field if epilogue is None else epilogue.after(field)
 
-    return ConvCarry(values, out_activity[:, 0], _out_activity=out_activity, _background=background)
+    return ConvCarry(values, out_activity[:, 0], epilogue=epilogue, _out_activity=out_activity, _background=background)
 
 
 # A model whose carried forward skipped nothing (every convolution ran densely: too small or too

@@ -20,6 +20,7 @@ from torch.profiler import record_function
 
 from .._background import Background
 from .._geometry import ConvGeometry, Pair
+from ..fusion import Epilogue
 from . import native
 from .check import dense_reason, measure, parameters_finite, sampled_reason
 from .cost import image_costs, sparse_can_win
@@ -42,8 +43,9 @@ def _stage(name: str) -> contextlib.AbstractContextManager:
     return _NOT_RECORDED
 
 
-def _dense(x, weight, bias, padding, g: ConvGeometry, reason: str):
-    return F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), "dense", 1.0, reason
+def _dense(x, weight, bias, padding, g: ConvGeometry, reason: str, epilogue):
+    out = F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups)
+    return (out if epilogue is None else epilogue.apply(out)), "dense", 1.0, reason
 
 
 def run(
@@ -56,6 +58,7 @@ def run(
     tile_size: Pair | None,
     activity: torch.Tensor | None = None,
     background=None,
+    epilogue: Epilogue | None = None,
 ) -> tuple[torch.Tensor, str, float, str]:
     """One convolution call through the four stages.
 
@@ -66,7 +69,8 @@ def run(
         tile_size: output tile, or ``None`` for the layer's default.
         activity: uint8 ``(B, H_out, W_out)`` from a carried input: replaces the activity check.
         background: callable returning the :class:`~zeroskip._background.Background` of the
-            skipped outputs (a carried input's); ``None``: the bias.
+            skipped outputs (a carried input's, after ``epilogue``); ``None``: the bias.
+        epilogue: the :class:`~zeroskip.fusion.Epilogue` applied to every output, on every path.
 
     Returns:
         The output, what ran (``"dense"``, ``"fill"``, ``"tiles"``, ``"rows"`` or a ``+`` of
@@ -83,13 +87,13 @@ def run(
                 # 0 * inf is NaN in the dense result, so no output can be skipped.
                 reason = "non-finite weights"
         if reason:
-            return _dense(x, weight, bias, padding, g, reason)
+            return _dense(x, weight, bias, padding, g, reason, epilogue)
         tile = tile_size if tile_size is not None else default_tile_size(g, activity is not None, use_native)
         tile = (min(tile[0], g.out_height), min(tile[1], g.out_width))
         if activity is None:
             reason, sample = sampled_reason(x, g, tile, costs, use_native) if mode == "auto" else ("", None)
             if reason:
-                return _dense(x, weight, bias, padding, g, reason)
+                return _dense(x, weight, bias, padding, g, reason, epilogue)
             tiles, rows = measure(x, g, tile, sample)
             columns, block = tiles, tile
         else:
@@ -99,11 +103,11 @@ def run(
         plan = make_plan(g, mode, tile, costs, use_native, tiles, rows, columns, block)
     if plan.all_dense:
         # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
-        return _dense(x, weight, bias, padding, g, "cost model")
+        return _dense(x, weight, bias, padding, g, "cost model", epilogue)
     with _stage("zeroskip::output"):
         out, zeroed = new_output(x, weight, g, zeroed=plan.native)
     field: Background | None = background() if background is not None else None
     with _stage("zeroskip::execute"):
-        detail = execute(plan, x, weight, bias, padding, out, field, zeroed)
+        detail = execute(plan, x, weight, bias, padding, out, field, zeroed, epilogue)
     ran = "+".join(sorted(set(plan.paths)))
     return out, ran, sum(plan.fractions) / g.batch, detail

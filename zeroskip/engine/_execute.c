@@ -13,6 +13,7 @@
  * releases the GIL); zeroskip runs its torch executor wherever this is not built. Threads: see
  * _parallel.h.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,24 @@ static inline void store_first(float *p, vf v, int64_t n) {
 }
 #endif
 
+/* The epilogue (see exec_job) of one vector and of one value: a fused multiply-add, as PyTorch's
+ * CPU BatchNorm computes it (measured bit for bit against F.batch_norm on AVX-512), then ReLU,
+ * which keeps NaN as torch.relu does. */
+static inline vf epilogue(vf v, float scale, float shift, int64_t relu) {
+#if defined(__AVX512F__)
+    v = (vf)_mm512_fmadd_ps((__m512)v, _mm512_set1_ps(scale), _mm512_set1_ps(shift));
+#elif defined(__FMA__)
+    v = (vf)_mm256_fmadd_ps((__m256)v, _mm256_set1_ps(scale), _mm256_set1_ps(shift));
+#else
+    for (int i = 0; i < VLEN; i++) v[i] = fmaf(v[i], scale, shift);
+#endif
+    return relu ? (vf)((vi)v & ~(vi)(v < (vf){0})) : v;
+}
+static inline float epilogue_one(float v, float scale, float shift, int64_t relu) {
+    v = fmaf(v, scale, shift);
+    return relu && v < 0.0f ? 0.0f : v;
+}
+
 typedef struct {
     /* input (B, C, H, W), strides in elements */
     const float *x;
@@ -102,6 +121,11 @@ typedef struct {
     const float *weight;
     int64_t group_out, group_in, k;
     const float *bias; /* (C_out,) or NULL */
+    /* epilogue of the computed outputs: value * scale[c] + shift[c] (one rounding), then max(., 0)
+     * where relu is set: a following inference BatchNorm (and ReLU) folded into the writes; scale
+     * NULL: none. The background is given after it. */
+    const float *scale, *shift;
+    int64_t relu;
     /* output (B, C_out, H_out, W_out), strides in elements */
     float *out;
     int64_t os_b, os_c, os_h, os_w;
@@ -241,21 +265,26 @@ static inline __attribute__((always_inline)) void kernel(int m, int w, int64_t k
  * vector may have fewer than VLEN: its lanes past them are computed, from buffer columns that
  * copy_rows wrote, and never stored, which keeps a row whose width is not a multiple of VLEN in
  * this kernel); init: the values the sums start from; first: the values the first chunk adds to
- * (NULL for a later chunk, which adds to the output). */
+ * (NULL for a later chunk, which adds to the output); scale, shift, relu: the epilogue of the
+ * block's channels, for the last chunk (scale NULL: none). */
 static inline __attribute__((always_inline)) void sums(int m, int w, int64_t k, const float *a,
                                                        const float *const *const pointers[], const int64_t *at,
                                                        const int64_t *cols, float *const dst[], int64_t os_c,
-                                                       const float *init, const float *first) {
+                                                       const float *init, const float *first, const float *scale,
+                                                       const float *shift, int64_t relu) {
     vf acc[MR_WIDE][NV];
     kernel(m, w, k, a, pointers, at, init, acc);
 #pragma GCC unroll 16
     for (int i = 0; i < m; i++)
         for (int v = 0; v < w; v++) {
             float *p = dst[v] + i * os_c;
-            if (cols[v] == VLEN)
-                store(p, (first ? (vf){0} + first[i] : load(p)) + acc[i][v]);
+            int whole = cols[v] == VLEN;
+            vf sum = (first ? (vf){0} + first[i] : whole ? load(p) : load_first(p, cols[v])) + acc[i][v];
+            if (scale) sum = epilogue(sum, scale[i], shift[i], relu);
+            if (whole)
+                store(p, sum);
             else
-                store_first(p, (first ? (vf){0} + first[i] : load_first(p, cols[v])) + acc[i][v], cols[v]);
+                store_first(p, sum, cols[v]);
         }
 }
 
@@ -265,14 +294,18 @@ static inline __attribute__((always_inline)) void sums_partial(int m, int64_t k,
                                                                const float *const *pointers, int64_t at,
                                                                float *dst, int64_t channels, int64_t cols,
                                                                int64_t os_c, int64_t os_w, const float *init,
-                                                               const float *first) {
+                                                               const float *first, const float *scale,
+                                                               const float *shift, int64_t relu) {
     vf acc[MR_WIDE][NV];
     const float *const *table[1] = {pointers};
     kernel(m, 1, k, a, table, &at, init, acc);
     for (int64_t i = 0; i < channels; i++) {
         float tmp[VLEN], *row = dst + i * os_c;
         store(tmp, acc[i][0]);
-        for (int64_t c = 0; c < cols; c++) row[c * os_w] = (first ? first[i] : row[c * os_w]) + tmp[c];
+        for (int64_t c = 0; c < cols; c++) {
+            float sum = (first ? first[i] : row[c * os_w]) + tmp[c];
+            row[c * os_w] = scale ? epilogue_one(sum, scale[i], shift[i], relu) : sum;
+        }
     }
 }
 
@@ -281,19 +314,19 @@ static inline __attribute__((always_inline)) void sums_partial(int m, int64_t k,
  * nearly (64 = 4 x 12 + 16: one 12-channel block for the last 4 channels would waste two thirds of
  * its work, 11% of the layer's), or MR_NARROW x NV where that does. */
 typedef void sums_fn(int64_t, const float *, const float *const *const[], const int64_t *, const int64_t *,
-                     float *const[], int64_t, const float *, const float *);
+                     float *const[], int64_t, const float *, const float *, const float *, const float *, int64_t);
 typedef void partial_fn(int64_t, const float *, const float *const *, int64_t, float *, int64_t, int64_t, int64_t,
-                        int64_t, const float *, const float *);
+                        int64_t, const float *, const float *, const float *, const float *, int64_t);
 #define KERNELS(name, m, w)                                                                                      \
     static void sums_##name(int64_t k, const float *a, const float *const *const pointers[], const int64_t *at, \
                             const int64_t *cols, float *const dst[], int64_t os_c, const float *init,             \
-                            const float *first) {                                                                 \
-        sums(m, w, k, a, pointers, at, cols, dst, os_c, init, first);                                             \
+                            const float *first, const float *scale, const float *shift, int64_t relu) {           \
+        sums(m, w, k, a, pointers, at, cols, dst, os_c, init, first, scale, shift, relu);                         \
     }                                                                                                             \
     static void partial_##name(int64_t k, const float *a, const float *const *pointers, int64_t at, float *dst,   \
                                int64_t channels, int64_t cols, int64_t os_c, int64_t os_w, const float *init,     \
-                               const float *first) {                                                              \
-        sums_partial(m, k, a, pointers, at, dst, channels, cols, os_c, os_w, init, first);                        \
+                               const float *first, const float *scale, const float *shift, int64_t relu) {        \
+        sums_partial(m, k, a, pointers, at, dst, channels, cols, os_c, os_w, init, first, scale, shift, relu);    \
     }
 KERNELS(main, MR, NV)
 KERNELS(wide, MR_WIDE, 1)
@@ -389,6 +422,9 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
             for (int64_t i = 0; i < m; i++) bias[i] = job->bias && i < channels ? job->bias[m0 + blk * MR + i] : 0.0f;
             const float *init = !t0 && job->bias_in_sum ? bias : zero;
             const float *start = t0 ? NULL : job->bias_in_sum ? zero : bias;
+            /* The epilogue goes with the last chunk's sums, which complete the outputs. */
+            int last = t0 + job->chunk >= job->k && job->scale;
+            const float *scale = last ? job->scale + m0 + blk * MR : NULL, *shift = last ? job->shift + m0 + blk * MR : NULL;
             float *base = out + (m0 + blk * MR) * job->os_c;
             for (int64_t n = 0; n < count; n++) {
                 const pixel_block *q = blocks + n;
@@ -401,11 +437,12 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
                 }
                 if (full)
                     for (int v = 0; v < NV; v += w)
-                        full_sums(taps, a, table + v, q->at + v, q->cols + v, dst + v, job->os_c, init, start);
+                        full_sums(taps, a, table + v, q->at + v, q->cols + v, dst + v, job->os_c, init, start, scale,
+                                  shift, job->relu);
                 else
                     for (int v = 0; v < q->vectors; v++)
                         partial(taps, a, table[v], q->at[v], dst[v], channels, q->cols[v], job->os_c, job->os_w, init,
-                                start);
+                                start, scale, shift, job->relu);
             }
         }
     }

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .._background import Background
 from .._geometry import ConvGeometry, Pair
+from ..fusion import Epilogue
 from . import native
 from .boxes import Box
 from .plan import Plan
@@ -43,6 +44,7 @@ def execute(
     out: torch.Tensor,
     background: Background | None,
     zeroed: tuple[int, int] = (0, 0),
+    epilogue: Epilogue | None = None,
 ) -> str:
     """Write ``out`` as ``plan`` says; returns the plan detail for the profile.
 
@@ -50,25 +52,36 @@ def execute(
         x: input ``(B, C, H, W)``.
         padding: the call's ``F.conv2d`` padding argument (for dense images).
         out: output ``(B, C_out, H_out, W_out)``, uninitialised.
-        background: values of the skipped outputs (a carried input's); ``None``: the bias.
+        background: values of the skipped outputs (a carried input's, after ``epilogue``);
+            ``None``: the bias.
         zeroed: addresses ``[start, end)`` of ``out``'s memory that reads as +0.0 (native plans
             only): the native executor writes no +0.0 background there.
+        epilogue: ops folded into every output written (see :mod:`zeroskip.fusion`), or ``None``.
     """
     g = plan.geometry
-    field = background if background is not None else _bias_background(bias, out)
+    field = background
+    if field is None:
+        field = _bias_background(bias, out)
+        field = field if epilogue is None else epilogue.after(field)
     dense = plan.images("dense")
     if plan.native:
-        detail = _execute_native(plan, x, weight, bias, out, field, zeroed)
+        detail = _execute_native(plan, x, weight, bias, out, field, zeroed, epilogue)
     else:
-        detail = _execute_torch(plan, x, weight, bias, out, field)
+        detail = _execute_torch(plan, x, weight, bias, out, field, epilogue)
     if dense:
         # Images too active to skip anything: dense, over what the executor filled.
         index = torch.tensor(dense, device=x.device)
-        out[index] = F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups)
-    return detail
+        out[index] = _finished(F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups), epilogue)
+    return detail + ("" if epilogue is None else " " + epilogue.describe())
 
 
-def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed: tuple[int, int]) -> str:
+def _finished(result: torch.Tensor, epilogue: Epilogue | None) -> torch.Tensor:
+    """Computed outputs after the ``epilogue`` (if any)."""
+    return result if epilogue is None else epilogue.apply(result)
+
+
+def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed: tuple[int, int],
+                    epilogue: Epilogue | None) -> str:
     g = plan.geometry
     tiles, rows, tile = plan.tiles, plan.rows, plan.tile
     whole_rows = any(path == "rows" for path in plan.paths)
@@ -82,14 +95,15 @@ def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed:
         tiles[skipped] = False
     core = field.core.to(out.dtype).contiguous()
     # The maps are bool on the CPU: read as uint8 in place.
+    folded = None if epilogue is None else (*epilogue.coefficients(), epilogue.relu is not None)
     native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), tile, rows.view(torch.uint8),
-                   (core, field.rows, field.cols), zeroed)
+                   (core, field.rows, field.cols), zeroed, folded)
     if whole_rows:
         return f"native rows={np.count_nonzero((rows & tiles[:, :, 0]).numpy())}"
     return f"native tiles={np.count_nonzero(tiles.numpy())} tile={tile[0]}x{tile[1]}"
 
 
-def _execute_torch(plan: Plan, x, weight, bias, out, field: Background) -> str:
+def _execute_torch(plan: Plan, x, weight, bias, out, field: Background, epilogue: Epilogue | None) -> str:
     g = plan.geometry
     field.fill(out)
     detail = []
@@ -97,12 +111,12 @@ def _execute_torch(plan: Plan, x, weight, bias, out, field: Background) -> str:
     if tiled:
         active = plan.tiles[tiled] if len(tiled) < g.batch else plan.tiles
         chunk = x[tiled] if len(tiled) < g.batch else x
-        run_tiles(chunk, weight, bias, out, g, plan.tile, active, tiled, _budget(out))
+        run_tiles(chunk, weight, bias, out, g, plan.tile, active, tiled, _budget(out), epilogue)
         detail.append(f"tiles={int(active.sum())} tile={plan.tile[0]}x{plan.tile[1]}")
     boxed = plan.images("rows")
     if boxed:
         boxes = [plan.boxes[b] for b in boxed]
-        run_rows(x, weight, bias, out, g, boxes, boxed, _budget(out))
+        run_rows(x, weight, bias, out, g, boxes, boxed, _budget(out), epilogue)
         detail.append(f"boxes={sum(len(b) for b in boxes)}")
     return " ".join(detail)
 
@@ -163,8 +177,9 @@ def run_tiles(
     active: torch.Tensor,
     images: list[int],
     budget: int,
+    epilogue: Epilogue | None = None,
 ) -> None:
-    """Convolve the active tiles of ``x`` and write them into ``out``.
+    """Convolve the active tiles of ``x`` and write them into ``out`` (after ``epilogue``, if any).
 
     The input is padded one band of tile rows at a time, and only bands holding an active tile are
     copied, so the extra memory stays within ``budget`` bytes (at least one tile row) whatever the
@@ -206,7 +221,7 @@ def run_tiles(
                         (sb, step_h * sh, step_w * sw, sc, sh, sw),
                         band.storage_offset() + j0 * step_w * sw,
                     )[image[chosen], row[chosen], column[chosen]]
-                    result = F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups)
+                    result = _finished(F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups), epilogue)
                     for k, (b, i, j) in enumerate(zip(*(t[chosen].tolist() for t in (image, row, column)))):
                         top = (b0 + i) * tile[0]
                         left = (j0 + j) * tile[1]
@@ -222,8 +237,9 @@ def run_rows(
     boxes: list[list[Box]],
     images: list[int],
     budget: int,
+    epilogue: Epilogue | None = None,
 ) -> None:
-    """Convolve the given boxes of ``images`` and write them into ``out``.
+    """Convolve the given boxes of ``images`` and write them into ``out`` (after ``epilogue``, if any).
 
     Boxes are cut so that one convolution's result takes at most ``budget`` bytes (at least a row).
     """
@@ -244,4 +260,4 @@ def run_rows(
                     band = F.pad(band, (left, right, top, bottom))
                     left = 0
                 result = F.conv2d(band, weight, bias, g.stride, (0, left), g.dilation, g.groups)
-                out[b : b + 1, :, o0:o1, c0:c1] = result
+                out[b : b + 1, :, o0:o1, c0:c1] = _finished(result, epilogue)

@@ -265,6 +265,7 @@ def execute(
     rows: torch.Tensor | None,
     background: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
     zeroed: tuple[int, int] = (0, 0),
+    epilogue: tuple[torch.Tensor, torch.Tensor, bool] | None = None,
 ) -> None:
     """Write every output of ``out`` once: the convolution where ``tiles`` (and ``rows``) mark
     outputs to compute, the background elsewhere; one parallel pass over balanced work items.
@@ -279,6 +280,9 @@ def execute(
             :class:`zeroskip._background.Background`); image ``b`` reads core image ``b % Bb``.
         zeroed: addresses ``[start, end)`` of ``out``'s memory that reads as +0.0: +0.0
             background values are not written there.
+        epilogue: ``(scale, shift, relu)``: every computed value ``v`` is written as
+            ``fma(v, scale[c], shift[c])``, then ``max(., 0)`` if ``relu`` (float32 ``(C_out,)``,
+            contiguous); ``background`` is given after it.
 
     Raises:
         ValueError: the maps are not uint8 of those shapes.
@@ -299,11 +303,17 @@ def execute(
     tiles = tiles.contiguous()
     rows = None if rows is None else rows.contiguous()
     group_in = g.in_channels // g.groups
+    scale, shift, relu = epilogue if epilogue is not None else (None, None, False)
+    if scale is not None and not (scale.is_contiguous() and shift.is_contiguous() and scale.dtype == shift.dtype
+                                  == torch.float32 and scale.numel() == shift.numel() == g.out_channels):
+        raise ValueError(f"native execute needs float32 contiguous epilogue coefficients of {g.out_channels}, got "
+                         f"{scale.dtype} {tuple(scale.shape)} and {shift.dtype} {tuple(shift.shape)}")
     job = _abi.Job(
         x.data_ptr(), *x.shape, *x.stride(), g.groups, *g.kernel, *g.stride, *g.dilation, g.pad_top, g.pad_left,
         g.out_height, g.out_width, weight.data_ptr(), g.out_channels // g.groups, group_in,
         # The weights of one output channel, from the geometry: indexing the tensor costs a view.
         group_in * g.kernel[0] * g.kernel[1], None if bias_ is None else bias_.data_ptr(),
+        None if scale is None else scale.data_ptr(), None if shift is None else shift.data_ptr(), int(relu),
         out.data_ptr(), *out.stride(),
         tiles.data_ptr(), tiles.shape[1], tiles.shape[2], *tile, None if rows is None else rows.data_ptr(),
         core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right, *zeroed,
