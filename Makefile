@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/zeroskip demo
 
 # The differential tests run twice: with the native scan, executor and carry maps, and with the torch fallback forced.
-FALLBACK_TESTS := tests/test_conv.py tests/test_opinfo.py tests/test_network.py tests/test_activation.py tests/test_fuzz.py
+FALLBACK_TESTS := tests/test_conv.py tests/test_opinfo.py tests/test_network.py tests/test_activation.py tests/test_fusion.py tests/test_fuzz.py
 
 test: $(STAMP)
 	$(BIN)/ruff check zeroskip tests benchmarks

@@ -147,16 +147,25 @@ def run(library: str, cases: int) -> None:
         tiles = (numbers.random((batch, -(-ho // th), -(-wo // tw))) < 0.5).astype(np.uint8)
         rows = (numbers.random((batch, ho)) < 0.7).astype(np.uint8)
         core = bias.reshape(1, cout, 1, 1).copy()
+        # A folded BatchNorm (and ReLU) on the computed outputs, half the time.
+        folded = rng.random() < 0.5
+        scale, shift = (numbers.standard_normal(cout).astype(np.float32) for _ in range(2))
+        relu = rng.random() < 0.5
         steps = [s // 4 for s in x.strides], [s // 4 for s in out.strides]
         job = abi.Job(
             x.ctypes.data, batch, cin, height, width, *steps[0], groups, *kernel, *stride, *dilation, *padding, ho, wo,
-            w.ctypes.data, cout // groups, cin // groups, w[0].size, bias.ctypes.data, out.ctypes.data, *steps[1],
+            w.ctypes.data, cout // groups, cin // groups, w[0].size, bias.ctypes.data,
+            *((scale.ctypes.data, shift.ctypes.data, int(relu)) if folded else (None, None, 0)),
+            out.ctypes.data, *steps[1],
             tiles.ctypes.data, tiles.shape[1], tiles.shape[2], th, tw, rows.ctypes.data, core.ctypes.data,
             1, 1, 1, 0, 0, 0, 0, *((out.ctypes.data, out.ctypes.data + out.nbytes) if zeroed else (0, 0)),
         )
         assert native.zeroskip_execute(ctypes.byref(job), rng.choice([1, 2, 3])) == 0
         planned = np.repeat(np.repeat(tiles, th, 1), tw, 2)[:, :ho, :wo].astype(bool) & rows.astype(bool)[:, :, None]
         reference = _reference(x, w, bias, groups, stride, dilation, padding, (ho, wo))
+        if folded:
+            reference = reference * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+            reference = np.maximum(reference, 0) if relu else reference
         expected = np.where(planned[:, None], reference, bias.reshape(1, -1, 1, 1))
         assert np.allclose(out, expected, rtol=1e-4, atol=1e-4), (seed, float(np.abs(out - expected).max()))
         _check_scan(native, x * (numbers.random(x.shape) < 0.05), kernel, stride, dilation, padding, (ho, wo),

@@ -319,6 +319,47 @@ def test_native_fill_writes_the_background_field(height, width, rows, cols, imag
     torch.testing.assert_close(out, torch.where(inside, computed, expected), rtol=0, atol=0)
 
 
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(
+    out_channels=st.sampled_from([1, 5, 12, 16, 28, 64]),
+    width=st.integers(1, 40),
+    stride=st.integers(1, 2),
+    channels_last=st.booleans(),
+    relu=st.booleans(),
+    active=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_native_epilogue_folds_batch_norm_and_relu(out_channels, width, stride, channels_last, relu, active, seed):
+    """Computed outputs are written as ``fma(value, scale, shift)`` (then ReLU), in every kernel (block
+    sizes, a row's partial last vector, strided outputs), NaN kept; skipped ones get the background."""
+    from zeroskip._background import Background
+
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 9, width, generator=generator)
+    x[0, 1, 2, 0] = float("nan")
+    weight = torch.randn(out_channels, 4, 3, 3, generator=generator)
+    bias = torch.randn(out_channels, generator=generator)
+    scale, shift = torch.randn(out_channels, generator=generator), torch.randn(out_channels, generator=generator)
+    g = check_conv_args(x, weight, bias, stride, 1, 1, 1)
+    field = Background.constant(torch.randn(1, out_channels, generator=generator), (g.out_height, g.out_width))
+    activity = torch.rand(2, g.out_height, g.out_width, generator=generator) < active
+    tiles, active_rows = carried_maps(activity, (1, 4))
+    out = torch.full((2, out_channels, g.out_height, g.out_width), float("nan"))
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    _native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), (1, 4), active_rows.view(torch.uint8),
+                    (field.core.contiguous(), (0, 0), (0, 0)), epilogue=(scale, shift, relu))
+    computed = F.conv2d(x, weight, bias, stride, 1).double() * scale.double()[:, None, None] + shift.double()[
+        :, None, None
+    ]
+    computed = (computed.relu() if relu else computed).float()
+    expected = torch.empty_like(computed)
+    field.fill(expected)
+    inside = (tiles.repeat_interleave(4, 2)[:, :, : g.out_width] & active_rows[:, :, None])[:, None].expand_as(out)
+    torch.testing.assert_close(out, torch.where(inside, computed, expected), equal_nan=True)
+
+
 def _torch_only():
     """The library as where it is not built: every native function declines, torch serves."""
     return mock.patch.object(_native, "library", lambda: None)
