@@ -48,6 +48,12 @@ def _convert_tree(model: nn.Module, leaf: Callable[[nn.Module, str], nn.Module |
 def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | None = None) -> nn.Module:
     """Replace every ``nn.Conv2d`` in ``model`` by a :class:`SparseConv2d` sharing its parameters.
 
+    Where a ``torch.fx`` trace of the model shows a convolution's output going to an
+    ``nn.BatchNorm2d`` and nowhere else (and the BatchNorm's to a ReLU and nowhere else), a carried
+    forward in inference mode writes the convolution's outputs after both (see :mod:`zeroskip.fusion`);
+    the model's code and modules are not changed. Tracing runs the ``forward`` of the modules that
+    hold convolutions once, on proxies (not those of the others).
+
     Args:
         model: the model, converted in place (a bare ``nn.Conv2d`` cannot be replaced in place:
             the converted module is returned instead).
