@@ -1,11 +1,13 @@
-"""Drives the native executor, scan and carry maps from numpy alone (no PyTorch), against direct answers.
+"""Drives the native executor, scan, carry maps and max pooling from numpy alone (no PyTorch), against direct answers.
 
 Run by ``tests/test_native_memory.py`` in a subprocess, with the library built with AddressSanitizer:
 ``python tests/native_harness.py LIBRARY CASES``. Random geometry (groups, strides, dilations,
 padding, channels_last input and output, tiles of one pixel to the whole map, thread counts) and
 random plans; every output must be the convolution where planned and the bias elsewhere, and the
 scan's active rows must be those whose receptive field holds a non-zero value; random activity maps
-dilated under random windows must be their direct maximum, and their tile map and rows exact.
+dilated under random windows must be their direct maximum, and their tile map and rows exact; max
+pooling under random windows, activity maps and background bands must be the window's maximum where
+active and the background elsewhere.
 """
 
 from __future__ import annotations
@@ -115,6 +117,64 @@ def _check_carry(native, rng: random.Random, numbers: np.random.Generator) -> No
     assert (tiles == blocks.any(axis=(2, 4))).all() and (rows == out.any(axis=2)).all(), ("carried maps", th, tw)
 
 
+def _core_index(size: int, bands: tuple[int, int]) -> np.ndarray:
+    """Each position's row (column) in a background core with ``bands`` (see zeroskip._background)."""
+    lead, trail = bands
+    if lead + trail >= size:
+        return np.arange(size)
+    return np.concatenate([np.arange(lead), np.full(size - lead - trail, lead), np.arange(lead + 1, lead + 1 + trail)])
+
+
+def _check_pool(native, rng: random.Random, numbers: np.random.Generator) -> None:
+    """Max pooling of a carried map (``zeroskip_max_pool``): the window's maximum, padding -inf and NaN
+    winning, where the activity map is non-zero, the background elsewhere."""
+    batch, channels, size = rng.randint(1, 3), rng.randint(1, 5), (rng.randint(1, 40), rng.randint(1, 70))
+    kernel, stride = (rng.randint(1, 4), rng.randint(1, 4)), (rng.randint(1, 3), rng.randint(1, 3))
+    dilation, pad = (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(0, 2), rng.randint(0, 2))
+    # One output more than the windows that fit, as ceil_mode may have: its windows read padding only.
+    out_size = [max((n + 2 * p - d * (k - 1) - 1) // s + 1 + rng.randint(0, 1), 1)
+                for n, k, s, d, p in zip(size, kernel, stride, dilation, pad)]
+    x = numbers.standard_normal((batch, channels, *size)).astype(np.float32)
+    x[numbers.random(x.shape) < 0.05] = np.nan
+    x[numbers.random(x.shape) < 0.05] = -np.inf
+    x = _channels_last(x) if rng.random() < 0.5 else x
+    out = np.full((batch, channels, *out_size), 7e30, np.float32)
+    out = _channels_last(out) if rng.random() < 0.5 else out
+    # A batch broadcast from one image reads its map with an image stride of 0.
+    broadcast = rng.random() < 0.3
+    activity = (numbers.random((1 if broadcast else batch, *out_size)) < rng.choice([0.0, 0.05, 0.5, 1.0]))
+    activity = activity.astype(np.uint8) * numbers.integers(1, 256, activity.shape, dtype=np.uint8)
+    bands = [(n, 0) if rng.random() < 0.2 else (rng.randint(0, (n - 1) // 2), rng.randint(0, (n - 1) // 2))
+             for n in out_size]
+    core_size = [n if sum(b) >= n else sum(b) + 1 for n, b in zip(out_size, bands)]
+    core = numbers.standard_normal((rng.choice([1, batch]), channels, *core_size)).astype(np.float32)
+    failed = native.zeroskip_max_pool(
+        ctypes.c_void_p(x.ctypes.data), *[ctypes.c_int64(v) for v in (*x.shape, *[s // 4 for s in x.strides])],
+        ctypes.c_void_p(out.ctypes.data),
+        *[ctypes.c_int64(v) for v in (*out_size, *[s // 4 for s in out.strides], *kernel, *stride, *dilation, *pad)],
+        ctypes.c_void_p(activity.ctypes.data),
+        *[ctypes.c_int64(v) for v in (0 if broadcast else out_size[0] * out_size[1], out_size[1])],
+        ctypes.c_void_p(core.ctypes.data),
+        *[ctypes.c_int64(v) for v in (core.shape[0], *core_size, *bands[0], *bands[1])],
+        ctypes.c_int(rng.randint(1, 3)),
+    )
+    assert failed == 0
+    padded = np.full((batch, channels, *[p + n + (o - 1) * s + d * (k - 1) + 1 for n, o, k, s, d, p in zip(
+        size, out_size, kernel, stride, dilation, pad)]), -np.inf, np.float32)
+    padded[:, :, pad[0]:pad[0] + size[0], pad[1]:pad[1] + size[1]] = x
+    pooled = np.full(out.shape, -np.inf, np.float32)
+    for ty in range(kernel[0]):
+        for tx in range(kernel[1]):
+            top, left = ty * dilation[0], tx * dilation[1]
+            pooled = np.maximum(pooled, padded[:, :, top:top + (out_size[0] - 1) * stride[0] + 1:stride[0],
+                                               left:left + (out_size[1] - 1) * stride[1] + 1:stride[1]])
+    rows, cols = _core_index(out_size[0], bands[0]), _core_index(out_size[1], bands[1])
+    field = core[:, :, rows][:, :, :, cols][np.arange(batch) % core.shape[0]]
+    expected = np.where(np.broadcast_to(activity[:, None] != 0, out.shape), pooled, field)
+    assert np.array_equal(out, expected, equal_nan=True), ("max pool", batch, size, kernel, stride, dilation, pad,
+                                                           out_size, bands)
+
+
 def run(library: str, cases: int) -> None:
     abi = _load_abi()
     native = ctypes.CDLL(library)
@@ -171,6 +231,7 @@ def run(library: str, cases: int) -> None:
         _check_scan(native, x * (numbers.random(x.shape) < 0.05), kernel, stride, dilation, padding, (ho, wo),
                     (th, tw), rng.choice([1, 2, 3]), rng.choice([1, 3, 8]), rng.choice([1, 1, 4]))
         _check_carry(native, rng, numbers)
+        _check_pool(native, rng, numbers)
         checked += 1
     print(f"{checked} cases ok")
 

@@ -7,16 +7,23 @@ import contextlib
 import copy
 import functools
 import itertools
+from unittest import mock
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import eager_costs, make_pattern
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import zeroskip
-from zeroskip.activation import SparseActivation, _pool_size, active_boxes, carried, dilate
+from zeroskip._background import Background
+from zeroskip.activation import SparseActivation, _pool_size, active_boxes, carried, dilate, plain, wrap
+from zeroskip.engine import native
 from zeroskip.models import randomize_batchnorm_
+
+needs_native = pytest.mark.skipif(native.library() is None, reason=str(native.unavailable_reason()))
 
 
 class Probe(nn.Module):
@@ -315,6 +322,93 @@ def test_active_boxes_cover_the_activity():
         covered[image, 0, top:bottom, left:right] = 1
     assert torch.equal(covered.mul(activity), activity)
     assert covered.sum() < 3 * activity.sum()
+
+
+def _nans(count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` quiet NaNs with random payloads: which one a maximum keeps shows in its bits."""
+    payloads = torch.randint(1, 1 << 20, (count,), generator=generator, dtype=torch.int32)
+    return (payloads | 0x7FC00000).view(torch.float32)
+
+
+def _carried_input(
+    generator: torch.Generator, shape: tuple[int, int, int, int], density: float, values: str, broadcast: bool
+) -> torch.Tensor:
+    """A carried input over a random background field with border bands (or stored whole), and
+    other values at a fraction ``density`` of its pixels: ``normal``, ``ties`` (a few small integers,
+    +0.0 and -0.0: equal values in most windows) or ``special`` (ties, NaNs and -inf)."""
+    batch, channels, height, width = shape
+
+    def bands(size: int) -> tuple[int, int]:
+        lead, trail = (int(torch.randint(0, 3, (), generator=generator)) for _ in range(2))
+        return (lead, trail) if lead + trail < size else (size, 0)
+
+    rows, cols = bands(height), bands(width)
+    core_size = [n if sum(b) >= n else sum(b) + 1 for n, b in zip((height, width), (rows, cols))]
+    images = int(torch.randint(1, 3, (), generator=generator)) if batch > 1 else 1
+    field = Background(torch.randn(images if images == 1 else batch, channels, *core_size, generator=generator),
+                       (height, width), rows, cols)
+    active = torch.rand(1 if broadcast else batch, 1, height, width, generator=generator) < density
+    active = active.expand(batch, -1, -1, -1)
+    if values == "normal":
+        other = torch.randn(shape, generator=generator)
+    else:
+        other = torch.randint(-2, 3, shape, generator=generator).float()
+        other[torch.rand(shape, generator=generator) < 0.3] = -0.0
+        if values == "special":
+            nan = torch.rand(shape, generator=generator) < 0.1
+            other[nan] = _nans(int(nan.sum()), generator)
+            other[torch.rand(shape, generator=generator) < 0.1] = -float("inf")
+    x = torch.where(active, other, field.dense().expand(batch, -1, -1, -1))
+    return wrap(x, active.to(torch.uint8), field)
+
+
+@pytest.mark.parametrize("path", [pytest.param("native", marks=needs_native), "torch"])
+@settings(max_examples=150, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 5),
+    size=st.tuples(st.integers(1, 30), st.integers(1, 40)),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    ceil_mode=st.booleans(),
+    channels_last=st.booleans(),
+    density=st.sampled_from([0.0, 0.02, 0.2, 0.45, 0.9]),
+    values=st.sampled_from(["normal", "ties", "special"]),
+    broadcast=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sparse_max_pool_equals_dense(
+    path, batch, channels, size, kernel, stride, dilation, padding, ceil_mode, channels_last, density, values,
+    broadcast, seed,
+):
+    """Max pooling of a carried input has dense's bits (the first of equal values, the last NaN),
+    natively and on the torch path, in the input's memory format."""
+    assume(all(p <= k // 2 for p, k in zip(padding, kernel)))
+    x = _carried_input(torch.Generator().manual_seed(seed), (batch, channels, *size), density, values, broadcast)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = (kernel, stride, padding, dilation, ceil_mode)
+    try:
+        expected = F.max_pool2d(plain(x), *args)
+    except RuntimeError:  # an output size below one
+        assume(False)
+    real, written = native.max_pool, []
+
+    def spy(*call):
+        written.append(real(*call))
+        return written[-1]
+
+    unbuilt = mock.patch.object(native, "library", lambda: None) if path == "torch" else contextlib.nullcontext()
+    with unbuilt, mock.patch.object(native, "max_pool", spy), torch.inference_mode():
+        actual = F.max_pool2d(x, *args)
+    assert torch.equal(plain(actual).view(torch.int32), expected.view(torch.int32))
+    sparse = carried(x) is not None and float(carried(x).activity.float().mean()) < 0.5
+    assert written == ([path == "native"] if sparse else [])
+    if sparse:
+        layout = torch.channels_last if channels_last and not x.is_contiguous() else torch.contiguous_format
+        assert actual.is_contiguous(memory_format=layout)
 
 
 def test_failed_forward_leaves_no_state():

@@ -1,5 +1,5 @@
-"""The native activity scan against a brute-force answer, the native carry maps against torch's, and
-the torch fallback beside them."""
+"""The native activity scan against a brute-force answer, the native carry maps against torch's, the
+native max pooling's arguments, and the torch fallback beside them."""
 
 from __future__ import annotations
 
@@ -113,6 +113,25 @@ def test_scan_declines_what_it_cannot_read():
     g = check_conv_args(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 3, 3), None, 1, 0, 1, 1)
     assert _native.scan(torch.zeros(1, 1, 8, 8, dtype=torch.complex64), g, (2, 2)) is None
     assert _native.scan(torch.zeros(0, 1, 8, 8), g, (2, 2)) is None
+
+
+@needs_native
+def test_max_pool_declines_or_refuses_what_it_cannot_read():
+    """Other dtypes go to torch; maps or cores that do not fit the output are refused, never read."""
+    x, out = torch.zeros(2, 3, 8, 8), torch.empty(2, 3, 4, 4)
+    activity = torch.ones(2, 1, 4, 4, dtype=torch.uint8)
+    field = (torch.zeros(1, 3, 1, 1), (0, 0), (0, 0))
+    pool = (2, 2), (2, 2), (1, 1), (0, 0)
+    assert not _native.max_pool(x.double(), out.double(), *pool, activity, field)
+    assert not _native.max_pool(x, out, *pool, activity.bool(), field)
+    for wrong in (activity[:, :, :3], activity[:1]):
+        with pytest.raises(ValueError, match="max_pool"):
+            _native.max_pool(x, out, *pool, wrong, field)
+    for core, rows in ((torch.zeros(1, 2, 1, 1), (0, 0)), (torch.zeros(1, 3, 1, 1), (1, 1))):
+        with pytest.raises(ValueError, match="max_pool"):
+            _native.max_pool(x, out, *pool, activity, (core, rows, (0, 0)))
+    assert _native.max_pool(x, out, *pool, activity, field)
+    torch.testing.assert_close(out, F.max_pool2d(x, 2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["auto", "tiles", "rows"])

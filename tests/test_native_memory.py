@@ -1,6 +1,6 @@
-"""Memory safety of the native executor, scan and carry maps: built with AddressSanitizer and driven
-from numpy (PyTorch does not load under it here), any read or write outside their buffers, the
-input, the output, the weights or the activity maps fails the run."""
+"""Memory safety of the native executor, scan, carry maps and max pooling: built with AddressSanitizer
+and driven from numpy (PyTorch does not load under it here), any read or write outside their
+buffers, the input, the output, the weights, the activity maps or the background fails the run."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def test_native_code_stays_inside_its_memory(tmp_path):
     library = tmp_path / "engine-asan.so"
     subprocess.run(
         [compiler, "-O1", "-g", "-march=native", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp",
-         "-shared", "-fPIC", str(ENGINE / "_scan.c"), str(ENGINE / "_execute.c"),
-         str(ENGINE / "_carry.c"), "-o", str(library)],
+         "-shared", "-fPIC", *map(str, sorted(ENGINE.glob("*.c"))), "-o", str(library)],
         check=True, capture_output=True, timeout=120,
     )
     env = {**os.environ, "LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0"}

@@ -395,16 +395,21 @@ def active_boxes(activity: torch.Tensor) -> list[tuple[int, int, int, int, int]]
 
 
 def _sparse_max_pool(x: torch.Tensor, out_size, kernel, stride, padding, dilation, activity, background):
-    """Max pooling computed only in the boxes around active outputs; the rest is the background.
+    """Max pooling computed only at the active outputs; the rest is the background.
 
-    Each box reads its input window with explicit ``-inf`` padding, which is what max pooling pads
-    with, so every computed value equals the whole pooling's.
+    The native pass (float32 on the CPU) writes each output once. Otherwise the background is
+    filled and each box around active outputs pooled with ``F.max_pool2d``, its input window read
+    with explicit ``-inf`` padding, which is what max pooling pads with, so every computed value
+    equals the whole pooling's.
     """
     x = plain(x)
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     out = x.new_empty((x.shape[0], x.shape[1], *out_size)).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )
+    field = (background.core, background.rows, background.cols)
+    if native.max_pool(x, out, kernel, stride, dilation, padding, activity, field):
+        return out
     background.fill(out)
     window = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
     for image, top, bottom, left, right in active_boxes(activity):

@@ -1,6 +1,7 @@
-"""The native parts of the engine: the activity scan (``_scan.c``), the executor (``_execute.c``) and
-the activity maps of carried inputs (``_carry.c``), built on first use with the system C compiler
-and called through ctypes (which releases the GIL).
+"""The native parts of the engine: the activity scan (``_scan.c``), the executor (``_execute.c``),
+the activity maps of carried inputs (``_carry.c``) and the max pooling of carried inputs
+(``_pool.c``), built on first use with the system C compiler and called through ctypes (which
+releases the GIL).
 
 The build needs only a C compiler (no PyTorch headers, no ninja) and takes about a second; the
 library is cached per source version, compiler flags and CPU under ``$XDG_CACHE_HOME/zeroskip``
@@ -8,7 +9,7 @@ library is cached per source version, compiler flags and CPU under ``$XDG_CACHE_
 machines of different CPUs keeps one library per CPU. Without a compiler, on a platform it does not
 build on, or with ``ZEROSKIP_NATIVE=0``, the engine's torch paths run instead: the torch check
 finds the same or more active tiles (it rounds windows out to activity cells), the torch executor
-computes the same outputs with ``F.conv2d``, and torch ops compute the same carry maps.
+computes the same outputs with ``F.conv2d``, and torch ops compute the same carry maps and pooling.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from .._geometry import ConvGeometry, Pair
 from . import _abi
 
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c"))
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c", "_pool.c"))
 _HEADERS = (Path(__file__).with_name("_parallel.h"),)
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 # Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
@@ -109,6 +110,11 @@ def _build() -> ctypes.CDLL:
     ]
     library.zeroskip_carried_maps.restype = None
     library.zeroskip_carried_maps.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_void_p]
+    library.zeroskip_max_pool.restype = ctypes.c_int
+    library.zeroskip_max_pool.argtypes = [
+        ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_void_p, *[ctypes.c_int64] * 14,
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_int,
+    ]
     _abi.declare(library)
     return library
 
@@ -245,6 +251,58 @@ def carried_maps(activity: torch.Tensor, tile: Pair) -> tuple[torch.Tensor, torc
         tiles.data_ptr(), rows.data_ptr(),
     )
     return tiles, rows
+
+
+def max_pool(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    kernel: Pair,
+    stride: Pair,
+    dilation: Pair,
+    pad: Pair,
+    activity: torch.Tensor,
+    background: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
+) -> bool:
+    """Write every element of ``out`` once: ``F.max_pool2d`` of ``x`` (the same bits, NaN included)
+    where ``activity`` marks the output active, the background elsewhere; one parallel pass.
+
+    Args:
+        x: input ``(B, C, H, W)``, any strides.
+        out: output ``(B, C, H_out, W_out)``, any strides that do not overlap; its size says where
+            the windows end (``ceil_mode``).
+        kernel, stride, dilation, pad: per axis (rows, columns); ``pad`` is the leading padding,
+            which counts as ``-inf``.
+        activity: uint8 ``(B, 1, H_out, W_out)``, non-zero where active.
+        background: ``(core, rows, cols)``: a ``(Bb, C, h, w)`` core read through border bands, as
+            :func:`execute` reads it.
+
+    Returns:
+        Whether ``out`` was written: ``False`` where the native code does not apply (no library,
+        not float32 on the CPU, a failed allocation), and the caller pools with torch.
+
+    Raises:
+        ValueError: ``activity`` or the core does not fit ``out``.
+    """
+    source = _activity_map(activity)
+    if source is None or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, out)):
+        return False
+    core, rows, cols = background
+    core = core.to(torch.float32).contiguous()
+    batch, channels, *out_size = out.shape
+    # The C code trusts these shapes: a mismatch would be read out of bounds.
+    core_size = [n if sum(bands) >= n else bands[0] + 1 + bands[1] for n, bands in zip(out_size, (rows, cols))]
+    if tuple(source.shape) != (batch, 1, *out_size) or tuple(core.shape[1:]) != (channels, *core_size) or (
+        tuple(x.shape[:2]) != (batch, channels)
+    ):
+        raise ValueError(f"native max_pool needs activity {(batch, 1, *out_size)} and a core (Bb, {channels}, "
+                         f"{core_size[0]}, {core_size[1]}) for input {tuple(x.shape)}, got {tuple(source.shape)} "
+                         f"and {tuple(core.shape)}")
+    failed = library().zeroskip_max_pool(
+        x.data_ptr(), *x.shape, *x.stride(), out.data_ptr(), *out_size, *out.stride(),
+        *kernel, *stride, *dilation, *pad, source.data_ptr(), source.stride(0), source.stride(2),
+        core.data_ptr(), core.shape[0], *core.shape[2:], *rows, *cols, torch.get_num_threads(),
+    )
+    return not failed
 
 
 def executes(x: torch.Tensor, weight: torch.Tensor) -> bool:
