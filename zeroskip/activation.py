@@ -105,8 +105,7 @@ def _batch_norm_folded(args, kwargs) -> torch.Tensor | None:
     if folded.epilogue.relu is not None:
         _set_folded(x, Folded(folded.epilogue, False))
         return x
-    _set_folded(x, None)
-    return x if carried(x) is not None else plain(x)
+    return _last_folded(x)
 
 
 def _relu_folded(args, kwargs) -> torch.Tensor | None:
@@ -115,6 +114,12 @@ def _relu_folded(args, kwargs) -> torch.Tensor | None:
     folded = _folded(x)
     if folded is None or folded.batch_norm_pending or folded.epilogue.relu is None:
         return None
+    return _last_folded(x)
+
+
+def _last_folded(x: SparseActivation) -> torch.Tensor:
+    """``x`` after its last folded op's call: unmarked, and plain when it carries nothing (so that
+    the ops after it do not go through ``__torch_function__``)."""
     _set_folded(x, None)
     return x if carried(x) is not None else plain(x)
 

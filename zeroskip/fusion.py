@@ -17,6 +17,7 @@ inference mode with running statistics, no hooks that would see the values in be
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Iterable
 
@@ -50,8 +51,6 @@ class Epilogue:
 
     def __deepcopy__(self, memo: dict) -> Epilogue:
         # The model's deep copy holds copies of the modules: the epilogue follows them.
-        import copy
-
         copied = Epilogue.__new__(Epilogue)
         memo[id(self)] = copied
         copied.batch_norm = copy.deepcopy(self.batch_norm, memo)
@@ -119,7 +118,7 @@ class Epilogue:
         return self._coefficients[1], self._coefficients[2]
 
     def apply(self, values: torch.Tensor) -> torch.Tensor:
-        """The folded ops on ``values`` ``(B, C, H, W)``, by PyTorch itself."""
+        """The folded ops on ``values`` ``(B, C, H, W)``, by PyTorch itself (see :func:`finish`)."""
         bn = self.batch_norm
         with torch._C.DisableTorchFunctionSubclass():
             out = F.batch_norm(values, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
@@ -150,6 +149,11 @@ class Epilogue:
 
     def describe(self) -> str:
         return "+bn+relu" if self.relu is not None else "+bn"
+
+
+def finish(values: torch.Tensor, epilogue: Epilogue | None) -> torch.Tensor:
+    """Convolution outputs ``values`` after ``epilogue``'s ops (none: as they are)."""
+    return values if epilogue is None else epilogue.apply(values)
 
 
 class _Tracer(fx.Tracer):

@@ -20,7 +20,7 @@ from torch.profiler import record_function
 
 from .._background import Background
 from .._geometry import ConvGeometry, Pair
-from ..fusion import Epilogue
+from ..fusion import Epilogue, finish
 from . import native
 from .check import dense_reason, measure, parameters_finite, sampled_reason
 from .cost import image_costs, sparse_can_win
@@ -44,8 +44,7 @@ def _stage(name: str) -> contextlib.AbstractContextManager:
 
 
 def _dense(x, weight, bias, padding, g: ConvGeometry, reason: str, epilogue):
-    out = F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups)
-    return (out if epilogue is None else epilogue.apply(out)), "dense", 1.0, reason
+    return finish(F.conv2d(x, weight, bias, g.stride, padding, g.dilation, g.groups), epilogue), "dense", 1.0, reason
 
 
 def run(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .._background import Background
 from .._geometry import ConvGeometry, Pair
-from ..fusion import Epilogue
+from ..fusion import Epilogue, finish
 from . import native
 from .boxes import Box
 from .plan import Plan
@@ -71,13 +71,9 @@ def execute(
     if dense:
         # Images too active to skip anything: dense, over what the executor filled.
         index = torch.tensor(dense, device=x.device)
-        out[index] = _finished(F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups), epilogue)
+        out[index] = finish(F.conv2d(x[index], weight, bias, g.stride, padding, g.dilation, g.groups), epilogue)
     return detail + ("" if epilogue is None else " " + epilogue.describe())
 
-
-def _finished(result: torch.Tensor, epilogue: Epilogue | None) -> torch.Tensor:
-    """Computed outputs after the ``epilogue`` (if any)."""
-    return result if epilogue is None else epilogue.apply(result)
 
 
 def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed: tuple[int, int],
@@ -221,7 +217,7 @@ def run_tiles(
                         (sb, step_h * sh, step_w * sw, sc, sh, sw),
                         band.storage_offset() + j0 * step_w * sw,
                     )[image[chosen], row[chosen], column[chosen]]
-                    result = _finished(F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups), epilogue)
+                    result = finish(F.conv2d(patches, weight, bias, g.stride, 0, g.dilation, g.groups), epilogue)
                     for k, (b, i, j) in enumerate(zip(*(t[chosen].tolist() for t in (image, row, column)))):
                         top = (b0 + i) * tile[0]
                         left = (j0 + j) * tile[1]
@@ -260,4 +256,4 @@ def run_rows(
                     band = F.pad(band, (left, right, top, bottom))
                     left = 0
                 result = F.conv2d(band, weight, bias, g.stride, (0, left), g.dilation, g.groups)
-                out[b : b + 1, :, o0:o1, c0:c1] = _finished(result, epilogue)
+                out[b : b + 1, :, o0:o1, c0:c1] = finish(result, epilogue)
