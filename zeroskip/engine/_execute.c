@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include "_background.h"
 #include "_parallel.h"
 
 #if defined(__AVX512F__)
@@ -156,13 +157,6 @@ typedef struct {
     int failed;
 } exec_job;
 
-/* The core's row (or column) that holds position `i` of a side of `size` with bands (lead, trail). */
-static inline int64_t core_index(int64_t i, int64_t size, int64_t lead, int64_t trail) {
-    if (i < lead) return i;
-    if (i >= size - trail) return lead + 1 + (i - (size - trail));
-    return lead;
-}
-
 /* Background values into output rows [o0, o1) of image `b`, columns [c0, c1), every output channel:
  * channel by channel, so that a band of rows is written as one run of memory per channel (row by
  * row, every row started 64 streams of writes, one per channel: 2.1 ms for the stem's 28 MB output
@@ -171,27 +165,14 @@ static inline int64_t core_index(int64_t i, int64_t size, int64_t lead, int64_t 
 static void fill(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t c0, int64_t c1) {
     if (c0 >= c1) return;
     int64_t channels = job->groups * job->group_out;
-    int64_t lead = job->band_left, trail = job->out_w - job->band_right;
-    int64_t inner0 = lead < c0 ? c0 : (lead > c1 ? c1 : lead);
-    int64_t inner1 = trail < inner0 ? inner0 : (trail > c1 ? c1 : trail);
     const float *image = job->core + (b % job->core_b) * channels * job->core_h * job->core_w;
     for (int64_t m = 0; m < channels; m++) {
         const float *plane = image + m * job->core_h * job->core_w;
         for (int64_t o = o0; o < o1; o++) {
             const float *values = plane + core_index(o, job->out_h, job->band_top, job->band_bottom) * job->core_w;
             float *dst = job->out + b * job->os_b + m * job->os_c + o * job->os_h;
-            for (int64_t c = c0; c < inner0; c++)
-                dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
-            for (int64_t c = inner1; c < c1; c++)
-                dst[c * job->os_w] = values[core_index(c, job->out_w, lead, job->band_right)];
-            if (inner0 == inner1) continue;
-            float v = values[lead];
-            uintptr_t first = (uintptr_t)(dst + inner0 * job->os_w), last = (uintptr_t)(dst + (inner1 - 1) * job->os_w);
-            if (v == 0.0f && !__builtin_signbit(v) && first >= job->zero_start && last < job->zero_end) continue;
-            if (job->os_w == 1)
-                for (int64_t c = inner0; c < inner1; c++) dst[c] = v;
-            else
-                for (int64_t c = inner0; c < inner1; c++) dst[c * job->os_w] = v;
+            background_row(dst, job->os_w, values, c0, c1, job->out_w, job->band_left, job->band_right,
+                           job->zero_start, job->zero_end);
         }
     }
 }

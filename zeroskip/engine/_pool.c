@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_background.h"
 #include "_parallel.h"
 
 #define MAX_THREADS 256
@@ -64,28 +65,9 @@ typedef struct {
     int failed;
 } pool_job;
 
-/* The core's row that holds output row i (Background's band layout; a field stored whole has
- * band_top == out_h). */
-static inline int64_t core_row(const pool_job *job, int64_t i) {
-    if (i < job->band_top) return i;
-    if (i >= job->out_h - job->band_bottom) return job->band_top + 1 + i - (job->out_h - job->band_bottom);
-    return job->band_top;
-}
-
-/* Columns [c0, c1) of an output row from `values`, its core row: the left band's columns one by one,
- * the interior one value (a run of stores), the right band's one by one. */
+/* Columns [c0, c1) of an output row from `values`, its core row (every value written). */
 static void background(const pool_job *job, const float *values, float *dst, int64_t c0, int64_t c1) {
-    int64_t lead = job->band_left, trail = job->out_w - job->band_right, s = job->os_w;
-    int64_t a = lead < c0 ? c0 : (lead > c1 ? c1 : lead), z = trail < a ? a : (trail > c1 ? c1 : trail);
-    for (int64_t c = c0; c < a; c++) dst[c * s] = values[c];
-    if (a < z) {
-        float v = values[lead];
-        if (s == 1)
-            for (int64_t c = a; c < z; c++) dst[c] = v;
-        else
-            for (int64_t c = a; c < z; c++) dst[c * s] = v;
-    }
-    for (int64_t c = z; c < c1; c++) dst[c * s] = values[lead + 1 + c - trail];
+    background_row(dst, job->os_w, values, c0, c1, job->out_w, job->band_left, job->band_right, 0, 0);
 }
 
 /* dst[m] = src[m * step] for m < n; inlined where called, so that a constant step (1, or 2 for the
@@ -162,7 +144,7 @@ static void *pool_items(void *arg) {
         const float *core = job->core + ((b % job->core_b) * job->channels + c) * job->core_h * job->core_w;
         float *out = job->out + b * job->os_b + c * job->os_c;
         for (int64_t i = i0; i < i1; i++) {
-            const float *values = core + core_row(job, i) * job->core_w;
+            const float *values = core + core_index(i, job->out_h, job->band_top, job->band_bottom) * job->core_w;
             float *dst = out + i * job->os_h;
             int64_t done = 0, r = b * job->out_h + i;
             for (int64_t n = job->run_start[r]; n < job->run_start[r + 1]; n++) {

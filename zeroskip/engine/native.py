@@ -32,7 +32,7 @@ from .._geometry import ConvGeometry, Pair
 from . import _abi
 
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c", "_pool.c"))
-_HEADERS = (Path(__file__).with_name("_parallel.h"),)
+_HEADERS = tuple(Path(__file__).with_name(name) for name in ("_background.h", "_parallel.h"))
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 # Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
 _THREAD_FLAGS = (["-fopenmp"], ["-pthread"])
