@@ -198,3 +198,26 @@ def test_finite_weight_cache_sees_a_change_made_by_another_thread():
 
     _in_threads(work)
     assert seen == [True] * (THREADS - 1)
+
+
+def test_sparsify_in_one_thread_leaves_other_threads_models_alone():
+    """sparsify_ traces the model with torch.fx, which swaps nn.Module's call for every thread while
+    it runs: models running in other threads meanwhile (and other sparsify_ calls) are unaffected."""
+    from zeroskip.models import build_model
+
+    template = build_model("resnet18")
+
+    def work(thread: int) -> None:
+        torch.manual_seed(thread)
+        if thread % 2:
+            for _ in range(10):
+                zeroskip.sparsify_(copy.deepcopy(template))
+            return
+        dense = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+        x = torch.randn(1, 3, 8, 8)
+        expected = dense(x)
+        for _ in range(2000):
+            torch.testing.assert_close(dense(x), expected)
+
+    _in_threads(work)
+    assert torch.nn.Module.__call__ is torch.nn.Module._wrapped_call_impl

@@ -18,6 +18,7 @@ inference mode with running statistics, no hooks that would see the values in be
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
 from collections.abc import Iterable
 
@@ -156,18 +157,37 @@ def finish(values: torch.Tensor, epilogue: Epilogue | None) -> torch.Tensor:
     return values if epilogue is None else epilogue.apply(values)
 
 
+# fx swaps nn.Module's __call__ and __getattr__ for the whole process while it traces and puts back
+# what it found: two traces ending out of order would leave one's wrapper installed for good.
+_TRACING = threading.Lock()
+
+
 class _Tracer(fx.Tracer):
     """Traces only the forwards of modules that hold some of ``convs``: tracing runs a forward (on
     proxies), so the others, leaves here, are never run by it (a module that counts its calls
-    would count one more), and the convolutions' own forwards are not traceable."""
+    would count one more), and the convolutions' own forwards are not traceable.
+
+    While it traces, fx sends every thread's module calls and attribute reads to it: those of other
+    threads (their own models, running meanwhile) go on untouched."""
 
     def __init__(self, convs: set[int], holders: set[int]) -> None:
         super().__init__()
         self._convs = convs
         self._holders = holders
+        self._thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return id(m) in self._convs or id(m) not in self._holders
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _owner(root: nn.Module, target: str) -> tuple[nn.Module, str]:
@@ -234,7 +254,8 @@ def find_epilogues(model: nn.Module, convs: Iterable[nn.Module]) -> dict[int, Ep
         if id(module) not in holders:
             return
         try:
-            graph = _Tracer(leaves, holders).trace(module)
+            with _TRACING:
+                graph = _Tracer(leaves, holders).trace(module)
         except Exception:  # noqa: BLE001 - a model fx cannot trace is fused in the parts it can
             for child in module.children():
                 visit(child)
