@@ -3,7 +3,8 @@
 Run by ``tests/test_native_memory.py`` in a subprocess, with the library built with AddressSanitizer:
 ``python tests/native_harness.py LIBRARY CASES``. Random geometry (groups, strides, dilations,
 padding, channels_last input and output, tiles of one pixel to the whole map, thread counts) and
-random plans; every output must be the convolution where planned and the bias elsewhere, and the
+random plans; every output must be the convolution where planned and the bias beyond the
+vectors' reach (see native_cover.py), and the
 scan's active rows must be those whose receptive field holds a non-zero value; random activity maps
 dilated under random windows must be their direct maximum, and their tile map and rows exact; max
 pooling under random windows, activity maps and background bands must be the window's maximum where
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from native_cover import written
 
 _ABI = Path(__file__).resolve().parent.parent / "zeroskip" / "engine" / "_abi.py"
 
@@ -226,7 +228,7 @@ def run(library: str, cases: int) -> None:
         if folded:
             reference = reference * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
             reference = np.maximum(reference, 0) if relu else reference
-        expected = np.where(planned[:, None], reference, bias.reshape(1, -1, 1, 1))
+        expected = written(out, planned[:, None], reference, bias.reshape(1, -1, 1, 1))
         assert np.allclose(out, expected, rtol=1e-4, atol=1e-4), (seed, float(np.abs(out - expected).max()))
         _check_scan(native, x * (numbers.random(x.shape) < 0.05), kernel, stride, dilation, padding, (ho, wo),
                     (th, tw), rng.choice([1, 2, 3]), rng.choice([1, 3, 8]), rng.choice([1, 1, 4]))

@@ -131,7 +131,6 @@ BOUNDED_CACHES = {
     "engine.cost.image_costs": zeroskip.engine.cost.image_costs.cache_parameters()["maxsize"],
     "engine.image_costs": zeroskip.engine.cost.image_costs.cache_parameters()["maxsize"],
     "activation._in_place": zeroskip.activation._in_place.cache_parameters()["maxsize"],
-    "engine.plan._extent_weights": zeroskip.engine.plan._extent_weights.cache_parameters()["maxsize"],
 }
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from native_cover import written
 
 import zeroskip
 from zeroskip._geometry import check_conv_args
@@ -334,8 +335,8 @@ def test_native_fill_writes_the_background_field(height, width, rows, cols, imag
     expected = torch.empty(images, 5, height, width)
     field.fill(expected)
     computed = F.conv2d(x, weight)
-    inside = (tiles.repeat_interleave(4, 2)[:, :, :width] & active_rows[:, :, None])[:, None].expand_as(out)
-    torch.testing.assert_close(out, torch.where(inside, computed, expected), rtol=0, atol=0)
+    inside = (tiles.repeat_interleave(4, 2)[:, :, :width] & active_rows[:, :, None])[:, None]
+    torch.testing.assert_close(out, _written(out, inside, computed, expected), rtol=0, atol=0)
 
 
 @needs_native
@@ -375,8 +376,13 @@ def test_native_epilogue_folds_batch_norm_and_relu(out_channels, width, stride, 
     computed = (computed.relu() if relu else computed).float()
     expected = torch.empty_like(computed)
     field.fill(expected)
-    inside = (tiles.repeat_interleave(4, 2)[:, :, : g.out_width] & active_rows[:, :, None])[:, None].expand_as(out)
-    torch.testing.assert_close(out, torch.where(inside, computed, expected), equal_nan=True)
+    inside = (tiles.repeat_interleave(4, 2)[:, :, : g.out_width] & active_rows[:, :, None])[:, None]
+    torch.testing.assert_close(out, _written(out, inside, computed, expected), equal_nan=True)
+
+
+def _written(out: torch.Tensor, planned: torch.Tensor, computed: torch.Tensor, skipped: torch.Tensor) -> torch.Tensor:
+    """:func:`native_cover.written` on tensors."""
+    return torch.from_numpy(written(out.numpy(), planned.numpy(), computed.numpy(), skipped.numpy()))
 
 
 def _torch_only():

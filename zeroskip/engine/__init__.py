@@ -82,9 +82,6 @@ def run(
             costs = image_costs(g, x.element_size(), activity is None)
             if mode == "auto" and not sparse_can_win(costs, g.batch, use_native):
                 reason = "layer too cheap to skip"
-            elif not parameters_finite(weight, bias):
-                # 0 * inf is NaN in the dense result, so no output can be skipped.
-                reason = "non-finite weights"
         if reason:
             return _dense(x, weight, bias, padding, g, reason, epilogue)
         tile = tile_size if tile_size is not None else default_tile_size(g, activity is not None, use_native)
@@ -103,6 +100,11 @@ def run(
     if plan.all_dense:
         # Decided before any output is allocated: an all-dense batch costs the check and nothing more.
         return _dense(x, weight, bias, padding, g, "cost model", epilogue)
+    # Only a call that skips something needs finite weights (0 * inf is NaN in the dense result):
+    # checked last, as reading every weight costs 0.4 ms on a 512 x 512 x 3 x 3 layer, more than
+    # the rest of the check.
+    if not parameters_finite(weight, bias):
+        return _dense(x, weight, bias, padding, g, "non-finite weights", epilogue)
     with _stage("zeroskip::output"):
         out, zeroed = new_output(x, weight, g, zeroed=plan.native)
     field: Background | None = background() if background is not None else None

@@ -429,9 +429,18 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
     }
 }
 
+/* Where the vectors of a run of active columns [first, last) begin: after the VLEN columns of the
+ * row's last vector, which end at `reach` (0: none), when the run begins within them. That vector
+ * then computes the columns between the two runs too (any computed output is exact): with tiles one
+ * column wide, a row's vectors are the fewest that cover its active columns. */
+static inline int64_t run_start(int64_t first, int64_t last, int64_t reach) {
+    return first < reach ? (last < reach ? last : reach) : first;
+}
+
 /* The output rows [o0, o1) of image b: background where no active tile is; where one is, the
- * row goes into `rows` and its active columns, VLEN at a time, into pixel blocks of NV vectors
- * (a block's vectors may lie on different rows). Returns the number of blocks. */
+ * row goes into `rows` and its active columns, VLEN at a time from the first of each run of active
+ * tiles (see run_start), into pixel blocks of NV vectors (a block's vectors may lie on different
+ * rows). Returns the number of blocks. */
 static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t *rows, int64_t *row_count,
                          pixel_block *blocks) {
     int64_t count = 0;
@@ -446,7 +455,10 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             continue;
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
-        int64_t done = 0; /* columns [0, done) are written or planned */
+        int64_t done = 0;  /* columns [0, done) are written or planned */
+        int64_t reach = 0; /* the end of the row's last vector's VLEN columns */
+        pixel_block *last_block = NULL;
+        int last_vector = 0;
         for (int64_t j = 0; j < job->tiles_j;) {
             if (!tiles[j]) {
                 j++;
@@ -455,6 +467,12 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             int64_t end = j;
             while (end < job->tiles_j && tiles[end]) end++;
             int64_t first = j * job->tile_w, last = end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w;
+            j = end;
+            if (run_start(first, last, reach) != first) {
+                first = run_start(first, last, reach);
+                last_block->cols[last_vector] = first - last_block->at[last_vector];
+                done = first;
+            }
             fill(job, b, o, o + 1, done, first);
             rows[*row_count] = o;
             for (int64_t c = first; c < last; c += VLEN) {
@@ -462,18 +480,50 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
                     open = blocks + count++;
                     open->vectors = 0;
                 }
+                last_block = open;
+                last_vector = open->vectors;
+                reach = c + VLEN;
                 open->row[open->vectors] = *row_count;
                 open->at[open->vectors] = c;
                 open->cols[open->vectors] = last - c < VLEN ? last - c : VLEN;
                 if (++open->vectors == NV) open = NULL;
             }
-            done = last;
-            j = end;
+            if (last > done) done = last;
         }
         fill(job, b, o, o + 1, done, job->out_w);
         if (done) ++*row_count; /* the row has blocks (its active columns end after column 0) */
     }
     return count;
+}
+
+/* Per image of `batch`, the outputs the executor computes from these maps (see exec_job's tiles,
+ * tile_h, tile_w and rows; rows NULL: every row): a vector's VLEN lanes, or the lanes left in its
+ * row. The plan's cost model and the profile's fractions read them. */
+void zeroskip_computed(const uint8_t *tiles, const uint8_t *rows, int64_t batch, int64_t out_h, int64_t out_w,
+                       int64_t tiles_i, int64_t tiles_j, int64_t tile_h, int64_t tile_w, int64_t *computed) {
+    for (int64_t b = 0; b < batch; b++) {
+        int64_t lanes = 0;
+        for (int64_t o = 0; o < out_h; o++) {
+            if (rows && !rows[b * out_h + o]) continue;
+            const uint8_t *row = tiles + (b * tiles_i + o / tile_h) * tiles_j;
+            int64_t reach = 0;
+            for (int64_t j = 0; j < tiles_j;) {
+                if (!row[j]) {
+                    j++;
+                    continue;
+                }
+                int64_t end = j;
+                while (end < tiles_j && row[end]) end++;
+                int64_t last = end * tile_w < out_w ? end * tile_w : out_w;
+                for (int64_t c = run_start(j * tile_w, last, reach); c < last; c += VLEN) {
+                    lanes += out_w - c < VLEN ? out_w - c : VLEN;
+                    reach = c + VLEN;
+                }
+                j = end;
+            }
+        }
+        computed[b] = lanes;
+    }
 }
 
 static void *run_items(void *arg) {

@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._geometry import ConvGeometry, Pair
@@ -110,6 +111,8 @@ def _build() -> ctypes.CDLL:
     ]
     library.zeroskip_carried_maps.restype = None
     library.zeroskip_carried_maps.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_void_p]
+    library.zeroskip_computed.restype = None
+    library.zeroskip_computed.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p]
     library.zeroskip_max_pool.restype = ctypes.c_int
     library.zeroskip_max_pool.argtypes = [
         ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_void_p, *[ctypes.c_int64] * 14,
@@ -251,6 +254,24 @@ def carried_maps(activity: torch.Tensor, tile: Pair) -> tuple[torch.Tensor, torc
         tiles.data_ptr(), rows.data_ptr(),
     )
     return tiles, rows
+
+
+def computed(tiles: torch.Tensor, rows: torch.Tensor, out_size: Pair, tile: Pair) -> list[int]:
+    """Per image, the outputs :func:`execute` computes for these maps (its vectors' lanes).
+
+    Args:
+        tiles: bool ``(B, ceil(H_out / th), ceil(W_out / tw))`` on the CPU, contiguous.
+        rows: bool ``(B, H_out)`` on the CPU, contiguous.
+        out_size: ``(H_out, W_out)``.
+        tile: ``(th, tw)``.
+    """
+    tiles, rows = tiles.contiguous(), rows.contiguous()
+    counts = np.empty(tiles.shape[0], dtype=np.int64)
+    library().zeroskip_computed(
+        tiles.data_ptr(), rows.data_ptr(), tiles.shape[0], *out_size, tiles.shape[1], tiles.shape[2], *tile,
+        counts.ctypes.data,
+    )
+    return counts.tolist()
 
 
 def max_pool(
