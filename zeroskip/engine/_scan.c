@@ -90,12 +90,16 @@ static void *scan_items(void *arg) {
     uint8_t *flags = malloc((size_t)(span * job->width + 1));   /* per input row of the item, per column */
     uint8_t *row_flags = malloc((size_t)span + 1);              /* per input row of the item */
     uint8_t *merged = malloc((size_t)job->width + 1);           /* per column, under one row of tiles */
-    if (!acc || !flags || !row_flags || !merged) {
+    /* active columns before each column, under one row of tiles: a tile's any is a difference, so
+     * that tiles one output wide under a 7-wide window cost one lookup each, not seven */
+    int32_t *before = malloc((size_t)(job->width + 1) * sizeof(int32_t));
+    if (!acc || !flags || !row_flags || !merged || !before) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         free(acc);
         free(flags);
         free(row_flags);
         free(merged);
+        free(before);
         return NULL;
     }
     int64_t step = job->row_step, units = (job->tiles_i + job->unit - 1) / job->unit;
@@ -123,19 +127,26 @@ static void *scan_items(void *arg) {
         for (int64_t i = i0; i < i1; i++) {
             int64_t top = i * advance - job->pad_top;
             int64_t from = clamp(top, 0, job->height), to = clamp(top + footprint, 0, job->height);
-            memset(merged, 0, (size_t)width);
+            int active = 0; /* whether an input row under this row of tiles holds a non-zero value */
             for (int64_t h = from; h < to; h++) {
                 const uint8_t *f = flags + (h - start) * width;
-                if (row_flags[h - start])
+                if (!row_flags[h - start]) continue;
+                if (!active) memcpy(merged, f, (size_t)width);
+                else
                     for (int64_t w = 0; w < width; w++) merged[w] |= f[w];
+                active = 1;
             }
             uint8_t *tiles = job->tiles + (b * job->tiles_i + i) * tiles_j;
-            for (int64_t j = 0; j < tiles_j; j++) {
-                int64_t left = j * tile_span - job->pad_left;
-                int64_t c0 = clamp(left, 0, width), c1 = clamp(left + tile_extent, 0, width);
-                uint8_t any = 0;
-                for (int64_t w = c0; w < c1; w++) any |= merged[w];
-                tiles[j] = any;
+            if (active) {
+                before[0] = 0;
+                for (int64_t w = 0; w < width; w++) before[w + 1] = before[w] + merged[w];
+                for (int64_t j = 0; j < tiles_j; j++) {
+                    int64_t left = j * tile_span - job->pad_left;
+                    int64_t c0 = clamp(left, 0, width), c1 = clamp(left + tile_extent, 0, width);
+                    tiles[j] = before[c1] > before[c0];
+                }
+            } else {
+                memset(tiles, 0, (size_t)tiles_j);
             }
             if (!job->rows) continue;
             /* The output rows of this row of tiles: active if any input row under the kernel is. */
@@ -153,6 +164,7 @@ static void *scan_items(void *arg) {
     free(flags);
     free(row_flags);
     free(merged);
+    free(before);
     return NULL;
 }
 
