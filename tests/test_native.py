@@ -301,6 +301,30 @@ def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, b
 
 
 @needs_native
+@settings(max_examples=60, deadline=None)
+@given(
+    images=st.integers(1, 3),
+    height=st.integers(1, 6),
+    width=st.integers(1, 70),
+    active=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_native_computed_lanes_cover_the_active_outputs(images, height, width, active, seed):
+    """The executor's lanes per image (the cost model's and the profile's fraction) cover every
+    active output of an active row, and are never more than a grid of 16-wide tiles would compute:
+    its vectors begin where the active columns do."""
+    generator = torch.Generator().manual_seed(seed)
+    tiles = torch.rand(images, height, width, generator=generator) < active
+    rows = tiles.any(2) | (torch.rand(images, height, generator=generator) < 0.3)
+    lanes = _native.computed(tiles, rows, (height, width), (1, 1))
+    grid = tiles[..., : width // 16 * 16].unflatten(2, (-1, 16)).any(3).sum((1, 2)) * 16
+    if width % 16:
+        grid += tiles[..., width // 16 * 16 :].any(2).sum(1) * (width % 16)
+    for image in range(images):
+        assert int(tiles[image].sum()) <= lanes[image] <= int(grid[image])
+
+
+@needs_native
 @settings(max_examples=40, deadline=None)
 @given(
     height=st.integers(1, 12),
