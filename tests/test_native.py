@@ -404,6 +404,27 @@ def test_native_epilogue_folds_batch_norm_and_relu(out_channels, width, stride, 
     torch.testing.assert_close(out, _written(out, inside, computed, expected), equal_nan=True)
 
 
+@needs_native
+@pytest.mark.parametrize("where", ["weight", "bias"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("computes", [True, False])
+def test_native_execute_reports_non_finite_parameters(where, value, computes):
+    """A weight the executor packs or a bias value that is Inf or NaN is reported: the output is not
+    dense's (there ``0 * inf`` is NaN). Weights are packed only when something is computed."""
+    x = torch.randn(1, 3, 6, 20)
+    weight, bias = torch.randn(5, 3, 3, 3), torch.randn(5)
+    (weight if where == "weight" else bias).view(-1)[7 % (weight.numel() if where == "weight" else 5)] = value
+    g = check_conv_args(x, weight, bias, 1, 1, 1, 1)
+    tiles = torch.zeros(1, g.out_height, g.out_width, dtype=torch.uint8)
+    tiles[0, 2, 3] = int(computes)
+    rows = tiles.amax(2)
+    out = torch.empty(1, 5, g.out_height, g.out_width)
+    finite = _native.execute(x, weight, bias, out, g, tiles, (1, 1), rows, (bias.view(1, 5, 1, 1), (0, 0), (0, 0)))
+    assert finite == (where == "weight" and not computes)
+    weight, bias = weight.nan_to_num(), bias.nan_to_num()
+    assert _native.execute(x, weight, bias, out, g, tiles, (1, 1), rows, (bias.view(1, 5, 1, 1), (0, 0), (0, 0)))
+
+
 def _written(out: torch.Tensor, planned: torch.Tensor, computed: torch.Tensor, skipped: torch.Tensor) -> torch.Tensor:
     """:func:`native_cover.written` on tensors."""
     return torch.from_numpy(written(out.numpy(), planned.numpy(), computed.numpy(), skipped.numpy()))

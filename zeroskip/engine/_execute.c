@@ -46,6 +46,9 @@
 #define MR_WIDE (MR + MR / 3)
 #define MR_NARROW (MR * 2 / 3)
 #define MAX_THREADS 256
+/* zeroskip_execute's result bits */
+#define OUT_OF_MEMORY 1
+#define NOT_FINITE 2
 /* The order of the sums is oneDNN's (PyTorch's dense CPU convolution, measured bit for bit on
  * AVX-512 against F.conv2d), so that float32 results equal dense's, not only come close: taps in
  * chunks of CHUNK_CHANNELS input channels (its channel block: one vector) times every kernel
@@ -154,7 +157,7 @@ typedef struct {
     /* per tap, in the order of the sums: input rows below the output row's first, offset in a buffer
      * row (channel, stride phase, column), and the weight's column (channel in group, ky, kx) */
     int64_t *tap_dy, *tap_offset, *tap_weight;
-    int failed;
+    int failed; /* OUT_OF_MEMORY | NOT_FINITE, set by any thread */
 } exec_job;
 
 /* Background values into output rows [o0, o1) of image `b`, columns [c0, c1), every output channel:
@@ -351,13 +354,19 @@ static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, flo
     /* Tap by tap, writing the panel in order: channel by channel (each a stride-48-byte store per
      * tap) it took twice as long, 2.6 ms for a 512 x 512 x 3 x 3 layer's weights. */
     const float *w = job->weight + first * job->k;
+    int finite = 1;
     for (int64_t t = 0; t < taps; t++) {
         const float *src = w + job->tap_weight[t0 + t];
         float *dst = a + t * m;
         int64_t i = 0;
-        for (; i < channels; i++) dst[i] = src[i * job->k];
+        for (; i < channels; i++) {
+            dst[i] = src[i * job->k];
+            finite &= isfinite(dst[i]) != 0;
+        }
         for (; i < m; i++) dst[i] = 0.0f;
     }
+    /* 0 * inf is NaN in the dense result: the caller discards this output (see zeroskip_execute). */
+    if (!finite) __atomic_fetch_or(&job->failed, NOT_FINITE, __ATOMIC_RELAXED);
     if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
     return a;
 }
@@ -542,7 +551,7 @@ static void *run_items(void *arg) {
         free(blocks);
         free(rows);
         free(scratch);
-        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_or(&job->failed, OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return NULL;
     }
     float *zeros = buffer + job->buffer_rows * row_floats;
@@ -631,12 +640,17 @@ static int64_t cut_items(exec_job *job, int threads) {
 }
 
 /* Convolve what `tiles` and `rows` mark and fill the rest; see exec_job for the arguments (the
- * items and buffer sizes are set here). Returns 0 on success. */
+ * items and buffer sizes are set here). Returns 0 on success, else OUT_OF_MEMORY or NOT_FINITE (or
+ * both): a bias value or a packed weight is Inf or NaN, and the output must be dense's instead. The
+ * weights are all packed, and so all seen, whenever anything is computed. */
 int zeroskip_execute(exec_job *job, int threads) {
+    if (job->bias)
+        for (int64_t c = 0; c < job->groups * job->group_out; c++)
+            if (!isfinite(job->bias[c])) return NOT_FINITE;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
     int64_t most = cut_items(job, threads);
-    if (most < 0) return 1;
+    if (most < 0) return OUT_OF_MEMORY;
     if (threads > job->items) threads = (int)job->items;
     job->phase_w = job->out_w + (job->kw - 1) * job->dil_w / job->stride_w + NR;
     job->buffer_rows = (most - 1) * job->stride_h + (job->kh - 1) * job->dil_h + 1;
@@ -657,7 +671,7 @@ int zeroskip_execute(exec_job *job, int threads) {
         free(job->panel_state);
         free(job->tap_dy);
         free((void *)job->item_image);
-        return 1;
+        return OUT_OF_MEMORY;
     }
     job->tap_offset = job->tap_dy + job->k;
     job->tap_weight = job->tap_dy + 2 * job->k;

@@ -45,8 +45,9 @@ def execute(
     background: Background | None,
     zeroed: tuple[int, int] = (0, 0),
     epilogue: Epilogue | None = None,
-) -> str:
-    """Write ``out`` as ``plan`` says; returns the plan detail for the profile.
+) -> str | None:
+    """Write ``out`` as ``plan`` says; returns the plan detail for the profile, or ``None`` where
+    the native executor found a weight or bias value that is not finite (``out`` is then not dense's).
 
     Args:
         x: input ``(B, C, H, W)``.
@@ -66,6 +67,8 @@ def execute(
     dense = plan.images("dense")
     if plan.native:
         detail = _execute_native(plan, x, weight, bias, out, field, zeroed, epilogue)
+        if detail is None:
+            return None
     else:
         detail = _execute_torch(plan, x, weight, bias, out, field, epilogue)
     if dense:
@@ -77,7 +80,7 @@ def execute(
 
 
 def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed: tuple[int, int],
-                    epilogue: Epilogue | None) -> str:
+                    epilogue: Epilogue | None) -> str | None:
     g = plan.geometry
     tiles, rows, tile = plan.tiles, plan.rows, plan.tile
     whole_rows = any(path == "rows" for path in plan.paths)
@@ -92,8 +95,9 @@ def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed:
     core = field.core.to(out.dtype).contiguous()
     # The maps are bool on the CPU: read as uint8 in place.
     folded = None if epilogue is None else (*epilogue.coefficients(), epilogue.relu is not None)
-    native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), tile, rows.view(torch.uint8),
-                   (core, field.rows, field.cols), zeroed, folded)
+    if not native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), tile, rows.view(torch.uint8),
+                          (core, field.rows, field.cols), zeroed, folded):
+        return None
     if whole_rows:
         return f"native rows={np.count_nonzero((rows & tiles[:, :, 0]).numpy())}"
     return f"native tiles={np.count_nonzero(tiles.numpy())} tile={tile[0]}x{tile[1]}"

@@ -35,6 +35,8 @@ from . import _abi
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c", "_pool.c"))
 _HEADERS = tuple(Path(__file__).with_name(name) for name in ("_background.h", "_parallel.h"))
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
+# zeroskip_execute's result bits (_execute.c)
+_OUT_OF_MEMORY, _NOT_FINITE = 1, 2
 # Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
 _THREAD_FLAGS = (["-fopenmp"], ["-pthread"])
 _ELEMENT_SIZES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
@@ -345,9 +347,13 @@ def execute(
     background: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
     zeroed: tuple[int, int] = (0, 0),
     epilogue: tuple[torch.Tensor, torch.Tensor, bool] | None = None,
-) -> None:
+) -> bool:
     """Write every output of ``out`` once: the convolution where ``tiles`` (and ``rows``) mark
     outputs to compute, the background elsewhere; one parallel pass over balanced work items.
+
+    The executor reads every weight (packing them) whenever it computes anything, and sees there
+    whether they are finite: a caller that checks nothing else needs to check the weights only for
+    a call that computes nothing.
 
     Args:
         x: float32 input ``(B, C, H, W)``, any strides.
@@ -362,6 +368,10 @@ def execute(
         epilogue: ``(scale, shift, relu)``: every computed value ``v`` is written as
             ``fma(v, scale[c], shift[c])``, then ``max(., 0)`` if ``relu`` (float32 ``(C_out,)``,
             contiguous); ``background`` is given after it.
+
+    Returns:
+        ``False`` if a bias value or a weight it read is Inf or NaN: ``out`` is then not dense's (in
+        dense ``0 * inf`` is NaN everywhere the weight reaches), and the caller must discard it.
 
     Raises:
         ValueError: the maps are not uint8 of those shapes.
@@ -397,5 +407,7 @@ def execute(
         tiles.data_ptr(), tiles.shape[1], tiles.shape[2], *tile, None if rows is None else rows.data_ptr(),
         core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right, *zeroed,
     )
-    if library().zeroskip_execute(ctypes.byref(job), torch.get_num_threads()):
+    status = library().zeroskip_execute(ctypes.byref(job), torch.get_num_threads())
+    if status & _OUT_OF_MEMORY:
         raise MemoryError("zeroskip's native executor could not allocate its work buffers")
+    return not status & _NOT_FINITE

@@ -84,6 +84,12 @@ class Plan:
     def all_dense(self) -> bool:
         return all(path == "dense" for path in self.paths)
 
+    @property
+    def checks_weights(self) -> bool:
+        """Whether the executor computes something natively: it then reads every weight, and
+        reports one that is not finite (see :func:`zeroskip.engine.native.execute`)."""
+        return self.native and any(path in ("tiles", "rows") for path in self.paths)
+
     def images(self, path: str) -> list[int]:
         return [b for b, chosen in enumerate(self.paths) if chosen == path]
 
