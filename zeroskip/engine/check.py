@@ -49,7 +49,9 @@ def dense_reason(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def parameters_finite(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether every weight and bias value is finite.
 
-    Checked on every call, not cached: writes through ``.data`` leave no trace a cache could see.
+    Checked on every call that skips something and that the native executor does not check as it
+    packs the weights (see :attr:`zeroskip.engine.plan.Plan.checks_weights`), not cached: writes
+    through ``.data`` leave no trace a cache could see.
     A sum is one vectorised pass; it is non-finite if any term is (or if it overflows, which only
     sends the call to the dense path). The sums are read as Python floats: ``torch.isfinite`` and
     an add on 0-d tensors cost several microseconds each, more than the sum of a small layer.

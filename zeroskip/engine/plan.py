@@ -22,8 +22,9 @@ from .cost import ImageCosts, choose, choose_native
 # do, not where a tile grid does, and one vector covers the gap between two runs that it reaches
 # (engine/_execute.c's run_start): on resnet18 over masked vtest frames 18% fewer vectors than 1 x 16
 # tiles (29% on the stem). The native scan finds them in the same one pass over the input. Measured
-# at 1 thread, alternating in one process against 1 x 16 tiles: resnet18 768x576 153.9 -> 149.5 ms
-# per frame, 1920x1080 603 -> 519 ms; the stem alone on masked vtest frames 5.6 -> 5.0 ms.
+# alternating in one process against 1 x 16 tiles: resnet18 at 1920x1080 603 -> 519 ms per frame at
+# 1 thread, 389 -> 312 ms at 2 (768x576: within noise); the stem on masked vtest frames 6.02 -> 5.38
+# ms at 1 thread, 3.28 -> 2.70 ms at 2.
 _NATIVE_TILE = (1, 1)
 
 
