@@ -322,6 +322,8 @@ def test_native_computed_lanes_cover_the_active_outputs(images, height, width, a
         grid += tiles[..., width // 16 * 16 :].any(2).sum(1) * (width % 16)
     for image in range(images):
         assert int(tiles[image].sum()) <= lanes[image] <= int(grid[image])
+    with pytest.raises(ValueError, match="native computed needs byte maps"):
+        _native.computed(tiles[:, :, :-1], rows, (height, width), (1, 1))
 
 
 @needs_native

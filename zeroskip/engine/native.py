@@ -267,6 +267,13 @@ def computed(tiles: torch.Tensor, rows: torch.Tensor, out_size: Pair, tile: Pair
         out_size: ``(H_out, W_out)``.
         tile: ``(th, tw)``.
     """
+    # The C code trusts these shapes and reads the maps as bytes: a mismatch would be read out of bounds.
+    maps_shape = (tiles.shape[0], -(-out_size[0] // tile[0]), -(-out_size[1] // tile[1]))
+    if tiles.element_size() != 1 or tuple(tiles.shape) != maps_shape or rows.element_size() != 1 or (
+        tuple(rows.shape) != (tiles.shape[0], out_size[0])
+    ):
+        raise ValueError(f"native computed needs byte maps {maps_shape} and {(tiles.shape[0], out_size[0])}, got "
+                         f"{tiles.dtype} {tuple(tiles.shape)} and {rows.dtype} {tuple(rows.shape)}")
     tiles, rows = tiles.contiguous(), rows.contiguous()
     counts = np.empty(tiles.shape[0], dtype=np.int64)
     library().zeroskip_computed(
