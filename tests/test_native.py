@@ -316,14 +316,14 @@ def test_native_computed_lanes_cover_the_active_outputs(images, height, width, a
     generator = torch.Generator().manual_seed(seed)
     tiles = torch.rand(images, height, width, generator=generator) < active
     rows = tiles.any(2) | (torch.rand(images, height, generator=generator) < 0.3)
-    lanes = _native.computed(tiles, rows, (height, width), (1, 1))
+    lanes = _native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1))
     grid = tiles[..., : width // 16 * 16].unflatten(2, (-1, 16)).any(3).sum((1, 2)) * 16
     if width % 16:
         grid += tiles[..., width // 16 * 16 :].any(2).sum(1) * (width % 16)
     for image in range(images):
         assert int(tiles[image].sum()) <= lanes[image] <= int(grid[image])
-    with pytest.raises(ValueError, match="native computed needs byte maps"):
-        _native.computed(tiles[:, :, :-1], rows, (height, width), (1, 1))
+    with pytest.raises(ValueError, match="native computed needs uint8 maps"):
+        _native.computed(tiles[:, :, :-1].view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1))
 
 
 @needs_native

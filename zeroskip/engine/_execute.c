@@ -446,6 +446,21 @@ static inline int64_t run_start(int64_t first, int64_t last, int64_t reach) {
     return first < reach ? (last < reach ? last : reach) : first;
 }
 
+/* The next run of active tiles of a row of `tiles_j` tiles, at or after tile *j: its columns
+ * [*first, *last) (the row's last tile ragged at `out_w`), with *j moved past it. Returns 0 when
+ * no run is left. */
+static inline int next_run(const uint8_t *tiles, int64_t tiles_j, int64_t tile_w, int64_t out_w, int64_t *j,
+                           int64_t *first, int64_t *last) {
+    while (*j < tiles_j && !tiles[*j]) ++*j;
+    if (*j >= tiles_j) return 0;
+    int64_t end = *j;
+    while (end < tiles_j && tiles[end]) end++;
+    *first = *j * tile_w;
+    *last = end * tile_w < out_w ? end * tile_w : out_w;
+    *j = end;
+    return 1;
+}
+
 /* The output rows [o0, o1) of image b: background where no active tile is; where one is, the
  * row goes into `rows` and its active columns, VLEN at a time from the first of each run of active
  * tiles (see run_start), into pixel blocks of NV vectors (a block's vectors may lie on different
@@ -464,23 +479,15 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
             continue;
         }
         const uint8_t *tiles = job->tiles + (b * job->tiles_i + o / job->tile_h) * job->tiles_j;
-        int64_t done = 0;  /* columns [0, done) are written or planned */
-        int64_t reach = 0; /* the end of the row's last vector's VLEN columns */
-        pixel_block *last_block = NULL;
+        int64_t done = 0; /* columns [0, done) are written or planned */
+        pixel_block *last_block = NULL; /* the row's last vector: last_block's vector last_vector */
         int last_vector = 0;
-        for (int64_t j = 0; j < job->tiles_j;) {
-            if (!tiles[j]) {
-                j++;
-                continue;
-            }
-            int64_t end = j;
-            while (end < job->tiles_j && tiles[end]) end++;
-            int64_t first = j * job->tile_w, last = end * job->tile_w < job->out_w ? end * job->tile_w : job->out_w;
-            j = end;
-            if (run_start(first, last, reach) != first) {
-                first = run_start(first, last, reach);
-                last_block->cols[last_vector] = first - last_block->at[last_vector];
-                done = first;
+        for (int64_t j = 0, first, last; next_run(tiles, job->tiles_j, job->tile_w, job->out_w, &j, &first, &last);) {
+            int64_t start = run_start(first, last, last_block ? last_block->at[last_vector] + VLEN : 0);
+            if (start != first) {
+                /* that vector computes the columns up to start */
+                last_block->cols[last_vector] = start - last_block->at[last_vector];
+                done = first = start;
             }
             fill(job, b, o, o + 1, done, first);
             rows[*row_count] = o;
@@ -491,7 +498,6 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
                 }
                 last_block = open;
                 last_vector = open->vectors;
-                reach = c + VLEN;
                 open->row[open->vectors] = *row_count;
                 open->at[open->vectors] = c;
                 open->cols[open->vectors] = last - c < VLEN ? last - c : VLEN;
@@ -515,21 +521,12 @@ void zeroskip_computed(const uint8_t *tiles, const uint8_t *rows, int64_t batch,
         for (int64_t o = 0; o < out_h; o++) {
             if (rows && !rows[b * out_h + o]) continue;
             const uint8_t *row = tiles + (b * tiles_i + o / tile_h) * tiles_j;
-            int64_t reach = 0;
-            for (int64_t j = 0; j < tiles_j;) {
-                if (!row[j]) {
-                    j++;
-                    continue;
-                }
-                int64_t end = j;
-                while (end < tiles_j && row[end]) end++;
-                int64_t last = end * tile_w < out_w ? end * tile_w : out_w;
-                for (int64_t c = run_start(j * tile_w, last, reach); c < last; c += VLEN) {
+            int64_t reach = 0; /* the end of the row's last vector's VLEN columns */
+            for (int64_t j = 0, first, last; next_run(row, tiles_j, tile_w, out_w, &j, &first, &last);)
+                for (int64_t c = run_start(first, last, reach); c < last; c += VLEN) {
                     lanes += out_w - c < VLEN ? out_w - c : VLEN;
                     reach = c + VLEN;
                 }
-                j = end;
-            }
         }
         computed[b] = lanes;
     }

@@ -78,7 +78,6 @@ def execute(
     return detail + ("" if epilogue is None else " " + epilogue.describe())
 
 
-
 def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed: tuple[int, int],
                     epilogue: Epilogue | None) -> str | None:
     g = plan.geometry

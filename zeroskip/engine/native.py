@@ -258,23 +258,39 @@ def carried_maps(activity: torch.Tensor, tile: Pair) -> tuple[torch.Tensor, torc
     return tiles, rows
 
 
+def _checked_maps(
+    caller: str, tiles: torch.Tensor, rows: torch.Tensor | None, batch: int, out_size: Pair, tile: Pair
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``tiles`` and ``rows`` contiguous, once they are checked to be the uint8 tile map
+    ``(B, ceil(H_out / th), ceil(W_out / tw))`` and row map ``(B, H_out)`` of the call.
+
+    Raises:
+        ValueError: they are not: the C code trusts these shapes and reads the maps as bytes, so a
+            mismatch would be read out of bounds.
+    """
+    maps_shape = (batch, -(-out_size[0] // tile[0]), -(-out_size[1] // tile[1]))
+    if tiles.dtype != torch.uint8 or tuple(tiles.shape) != maps_shape or (
+        rows is not None and (rows.dtype != torch.uint8 or tuple(rows.shape) != (batch, out_size[0]))
+    ):
+        got_rows = None if rows is None else (rows.dtype, tuple(rows.shape))
+        raise ValueError(f"native {caller} needs uint8 maps {maps_shape} and {(batch, out_size[0])}, got "
+                         f"{tiles.dtype} {tuple(tiles.shape)} and {got_rows}")
+    return tiles.contiguous(), None if rows is None else rows.contiguous()
+
+
 def computed(tiles: torch.Tensor, rows: torch.Tensor, out_size: Pair, tile: Pair) -> list[int]:
     """Per image, the outputs :func:`execute` computes for these maps (its vectors' lanes).
 
     Args:
-        tiles: bool ``(B, ceil(H_out / th), ceil(W_out / tw))`` on the CPU, contiguous.
-        rows: bool ``(B, H_out)`` on the CPU, contiguous.
+        tiles: uint8 ``(B, ceil(H_out / th), ceil(W_out / tw))`` on the CPU, non-zero where active.
+        rows: uint8 ``(B, H_out)`` on the CPU.
         out_size: ``(H_out, W_out)``.
         tile: ``(th, tw)``.
+
+    Raises:
+        ValueError: the maps are not uint8 of those shapes.
     """
-    # The C code trusts these shapes and reads the maps as bytes: a mismatch would be read out of bounds.
-    maps_shape = (tiles.shape[0], -(-out_size[0] // tile[0]), -(-out_size[1] // tile[1]))
-    if tiles.element_size() != 1 or tuple(tiles.shape) != maps_shape or rows.element_size() != 1 or (
-        tuple(rows.shape) != (tiles.shape[0], out_size[0])
-    ):
-        raise ValueError(f"native computed needs byte maps {maps_shape} and {(tiles.shape[0], out_size[0])}, got "
-                         f"{tiles.dtype} {tuple(tiles.shape)} and {rows.dtype} {tuple(rows.shape)}")
-    tiles, rows = tiles.contiguous(), rows.contiguous()
+    tiles, rows = _checked_maps("computed", tiles, rows, tiles.shape[0], out_size, tile)
     counts = np.empty(tiles.shape[0], dtype=np.int64)
     library().zeroskip_computed(
         tiles.data_ptr(), rows.data_ptr(), tiles.shape[0], *out_size, tiles.shape[1], tiles.shape[2], *tile,
@@ -385,19 +401,10 @@ def execute(
         MemoryError: the executor could not allocate its per-thread buffers.
     """
     g = geometry
-    # The C code trusts these shapes and reads the maps as bytes: a mismatch would be read out of bounds.
-    maps_shape = (g.batch, -(-g.out_height // tile[0]), -(-g.out_width // tile[1]))
-    if tiles.dtype != torch.uint8 or tuple(tiles.shape) != maps_shape or (
-        rows is not None and (rows.dtype != torch.uint8 or tuple(rows.shape) != (g.batch, g.out_height))
-    ):
-        got_rows = None if rows is None else (rows.dtype, tuple(rows.shape))
-        raise ValueError(f"native execute needs uint8 maps {maps_shape} and {(g.batch, g.out_height)}, got "
-                         f"{tiles.dtype} {tuple(tiles.shape)} and {got_rows}")
+    tiles, rows = _checked_maps("execute", tiles, rows, g.batch, (g.out_height, g.out_width), tile)
     weight = weight.detach().contiguous()
     core, (top, bottom), (left, right) = background
     bias_ = None if bias is None else bias.detach().contiguous()
-    tiles = tiles.contiguous()
-    rows = None if rows is None else rows.contiguous()
     group_in = g.in_channels // g.groups
     scale, shift, relu = epilogue if epilogue is not None else (None, None, False)
     if scale is not None and not (scale.is_contiguous() and shift.is_contiguous() and scale.dtype == shift.dtype

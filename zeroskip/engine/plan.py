@@ -114,7 +114,9 @@ def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, 
     """Per image, the fraction of output pixels the native executor computes: the lanes of the
     vectors that cover the active tiles of active rows (what its time grows with)."""
     pixels = g.out_height * g.out_width
-    return [count / pixels for count in native.computed(tiles, rows, (g.out_height, g.out_width), tile)]
+    # The maps are bool on the CPU: read as uint8 in place.
+    lanes = native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (g.out_height, g.out_width), tile)
+    return [count / pixels for count in lanes]
 
 
 def make_plan(
