@@ -401,14 +401,15 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
  * item's output rows are small). */
 static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
                     const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
-                    int64_t g, int64_t r0) {
+                    int64_t g, int64_t r0, int64_t first_block) {
     float *out = job->out + b * job->os_b;
     int64_t m0 = g * job->group_out;
     for (int64_t t0 = 0; t0 < job->k; t0 += job->chunk) {
         int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
         for (int64_t r = 0; r < row_count; r++)
             tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
-        for (int64_t blk = 0; blk < job->blocks; blk++) {
+        for (int64_t nb = 0; nb < job->blocks; nb++) {
+            int64_t blk = (first_block + nb) % job->blocks;
             int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
             int64_t channels = job->group_out - blk * MR < m ? job->group_out - blk * MR : m;
             sums_fn *full_sums = m == MR ? sums_main : m == MR_WIDE ? sums_wide : sums_narrow;
@@ -580,7 +581,8 @@ static void *run_items(void *arg) {
         copy_rows(job, buffer, b, r0, (rows[row_count - 1] - rows[0]) * job->stride_h + (job->kh - 1) * job->dil_h + 1,
                   j0, j1);
         for (int64_t g = 0; g < job->groups; g++)
-            compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0);
+            compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0,
+                    item * 5 * job->blocks / 8 % job->blocks);
     }
     free(buffer);
     free(pointers);
