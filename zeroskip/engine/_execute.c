@@ -398,7 +398,7 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
  * group's last one of its own size, see KERNELS): one block's weights for one chunk are packed
  * (chunk x MR) and read by every pixel block of the item, so the weights are read from memory once
  * per item, not once per pixel block. Each chunk's sums are added into the output (in cache: an
- * item's output rows are small). */
+ * item's output rows are small). The blocks go from `first_block` round to it. */
 static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
                     const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
                     int64_t g, int64_t r0, int64_t first_block) {
@@ -580,6 +580,9 @@ static void *run_items(void *arg) {
         int64_t r0 = rows[0] * job->stride_h - job->pad_top;
         copy_rows(job, buffer, b, r0, (rows[row_count - 1] - rows[0]) * job->stride_h + (job->kh - 1) * job->dil_h + 1,
                   j0, j1);
+        /* Items taken together start on blocks far apart (any block order gives the same sums):
+         * threads that start together would otherwise both want the same unpacked panel, and the
+         * one that loses packs its own copy (2 threads: up to 4% of a 512-channel layer). */
         for (int64_t g = 0; g < job->groups; g++)
             compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0,
                     item * 5 * job->blocks / 8 % job->blocks);
