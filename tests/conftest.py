@@ -203,6 +203,19 @@ def make_weights(
     return weight.to(dtype), None if b is None else b.to(dtype)
 
 
+@pytest.fixture(params=["auto", "channels"])
+def native_kernel(request, monkeypatch):
+    """The native executor's kernel: its own choice per layer (vectors of pixels on most of the small
+    test layers), or its kernel of channel vectors forced on every layer, whatever its channels."""
+    from zeroskip.engine import native
+
+    if request.param == "channels":
+        if native.library() is None:
+            pytest.skip("no native executor")
+        monkeypatch.setattr(native, "_KERNEL", 1)
+    return request.param
+
+
 @pytest.fixture
 def weights():
     """``weights(out_channels, in_per_group, kernel, *, bias=True, dtype=float32, seed=1)``."""

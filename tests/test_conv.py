@@ -28,6 +28,11 @@ def _id(value) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _each_native_kernel(native_kernel):
+    """Every test with each of the native executor's kernels (see conftest's ``native_kernel``)."""
+
+
+@pytest.fixture(autouse=True)
 def _no_grad():
     # Parameters and inputs here do not require grad; no_grad also keeps the sparse paths reachable
     # for the tests that build modules.

@@ -3,6 +3,7 @@ native max pooling's arguments, and the torch fallback beside them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,6 +24,17 @@ from zeroskip.engine import native as _native
 from zeroskip.engine.plan import carried_maps
 
 needs_native = pytest.mark.skipif(_native.library() is None, reason=str(_native.unavailable_reason()))
+
+
+@contextlib.contextmanager
+def forced_kernel(kernel: int):
+    """The native executor with its kernel forced (``_native._KERNEL``), in a hypothesis example, where
+    pytest's function-scoped monkeypatch cannot reach."""
+    previous, _native._KERNEL = _native._KERNEL, kernel
+    try:
+        yield
+    finally:
+        _native._KERNEL = previous
 
 
 def brute_force(x, g, tile):
@@ -277,14 +289,18 @@ def _has_avx512() -> bool:
 
 @needs_native
 @pytest.mark.skipif(not _has_avx512(), reason="the order of the sums was measured against oneDNN's AVX-512 kernels")
+@pytest.mark.parametrize("native_kernel", [-1, 0, 1], ids=["auto", "pixels", "channels"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     "in_channels, out_channels, kernel, stride, bias",
     [(3, 64, 7, 2, False), (3, 64, 7, 2, True), (64, 64, 3, 1, False), (64, 128, 3, 2, True), (512, 512, 3, 1, True),
      (24, 24, 3, 1, True), (64, 128, 1, 2, True), (256, 512, 1, 2, False)],
 )
-def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, bias, threads):
-    """The native executor adds the terms in oneDNN's order: its outputs equal dense's bit for bit."""
+def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, bias, threads, native_kernel,
+                                    monkeypatch):
+    """The native executor adds the terms in oneDNN's order, with either kernel: its outputs equal
+    dense's bit for bit."""
+    monkeypatch.setattr(_native, "_KERNEL", native_kernel)
     generator = torch.Generator().manual_seed(in_channels + kernel)
     size = 8 if in_channels >= 256 else 40
     x = torch.rand(2, in_channels, size, size + 8, generator=generator)
@@ -312,18 +328,22 @@ def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, b
 def test_native_computed_lanes_cover_the_active_outputs(images, height, width, active, seed):
     """The executor's lanes per image (the cost model's and the profile's fraction) cover every
     active output of an active row, and are never more than a grid of 16-wide tiles would compute:
-    its vectors begin where the active columns do."""
+    its vectors begin where the active columns do. Its channel kernel (3 x 3, 16 channels) computes
+    the active outputs only."""
     generator = torch.Generator().manual_seed(seed)
     tiles = torch.rand(images, height, width, generator=generator) < active
     rows = tiles.any(2) | (torch.rand(images, height, generator=generator) < 0.3)
-    lanes = _native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1))
+    lanes = _native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1), 1, 16)
+    outputs = _native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1), 9, 16)
     grid = tiles[..., : width // 16 * 16].unflatten(2, (-1, 16)).any(3).sum((1, 2)) * 16
     if width % 16:
         grid += tiles[..., width // 16 * 16 :].any(2).sum(1) * (width % 16)
     for image in range(images):
         assert int(tiles[image].sum()) <= lanes[image] <= int(grid[image])
+        if _has_avx512():  # the channel kernel's outputs: the active ones
+            assert outputs[image] == int(tiles[image].sum())
     with pytest.raises(ValueError, match="native computed needs uint8 maps"):
-        _native.computed(tiles[:, :, :-1].view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1))
+        _native.computed(tiles[:, :, :-1].view(torch.uint8), rows.view(torch.uint8), (height, width), (1, 1), 1, 16)
 
 
 @needs_native
@@ -375,10 +395,13 @@ def test_native_fill_writes_the_background_field(height, width, rows, cols, imag
     relu=st.booleans(),
     active=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
+    kernel=st.sampled_from([0, 1]),
 )
-def test_native_epilogue_folds_batch_norm_and_relu(out_channels, width, stride, channels_last, relu, active, seed):
+def test_native_epilogue_folds_batch_norm_and_relu(out_channels, width, stride, channels_last, relu, active, seed,
+                                                   kernel):
     """Computed outputs are written as ``fma(value, scale, shift)`` (then ReLU), in every kernel (block
-    sizes, a row's partial last vector, strided outputs), NaN kept; skipped ones get the background."""
+    sizes, a row's partial last vector, strided outputs; channel vectors), NaN kept; skipped ones get
+    the background."""
     from zeroskip._background import Background
 
     generator = torch.Generator().manual_seed(seed)
@@ -394,8 +417,9 @@ def test_native_epilogue_folds_batch_norm_and_relu(out_channels, width, stride, 
     out = torch.full((2, out_channels, g.out_height, g.out_width), float("nan"))
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
-    _native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), (1, 4), active_rows.view(torch.uint8),
-                    (field.core.contiguous(), (0, 0), (0, 0)), epilogue=(scale, shift, relu))
+    with forced_kernel(kernel):
+        _native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), (1, 4), active_rows.view(torch.uint8),
+                        (field.core.contiguous(), (0, 0), (0, 0)), epilogue=(scale, shift, relu))
     computed = F.conv2d(x, weight, bias, stride, 1).double() * scale.double()[:, None, None] + shift.double()[
         :, None, None
     ]

@@ -32,6 +32,7 @@ class Job(ctypes.Structure):
         ("tiles", _P),
         *[(name, _I) for name in "tiles_i tiles_j tile_h tile_w".split()],
         ("rows", _P),
+        ("by_channels", _I),
         ("core", _P),
         *[(name, _I) for name in "core_b core_h core_w band_top band_bottom band_left band_right".split()],
         ("zero_start", ctypes.c_size_t),
@@ -39,7 +40,9 @@ class Job(ctypes.Structure):
         ("item_image", _P),
         ("item_start", _P),
         ("item_end", _P),
-        *[(name, _I) for name in "items next phase_w buffer_rows item_rows blocks chunks chunk bias_in_sum".split()],
+        *[(name, _I) for name in (
+            "items next phase_w buffer_rows item_rows item_pixels blocks block chunks chunk bias_in_sum"
+        ).split()],
         ("panels", _P),
         ("panel_state", _P),
         ("tap_dy", _P),

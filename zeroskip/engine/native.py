@@ -45,6 +45,9 @@ _PARALLEL_MIN_BYTES = 1 << 20
 # Output rows per work item of the scan, and per unit of a sample of it: rows of tiles a few output
 # rows tall share, within one, the flags of the input rows under them instead of reading them again.
 _UNIT_ROWS = 8
+# The executor's kernel (exec_job's by_channels): -1 lets it choose per layer; the tests force 0
+# (vectors of pixels) and 1 (vectors of output channels) to check each on every geometry.
+_KERNEL = -1
 # Builds slower than this say so on stderr, once.
 _SLOW_BUILD_S = 1.0
 
@@ -114,7 +117,7 @@ def _build() -> ctypes.CDLL:
     library.zeroskip_carried_maps.restype = None
     library.zeroskip_carried_maps.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_void_p]
     library.zeroskip_computed.restype = None
-    library.zeroskip_computed.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p]
+    library.zeroskip_computed.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 9, ctypes.c_void_p]
     library.zeroskip_max_pool.restype = ctypes.c_int
     library.zeroskip_max_pool.argtypes = [
         ctypes.c_void_p, *[ctypes.c_int64] * 8, ctypes.c_void_p, *[ctypes.c_int64] * 14,
@@ -278,14 +281,19 @@ def _checked_maps(
     return tiles.contiguous(), None if rows is None else rows.contiguous()
 
 
-def computed(tiles: torch.Tensor, rows: torch.Tensor, out_size: Pair, tile: Pair) -> list[int]:
-    """Per image, the outputs :func:`execute` computes for these maps (its vectors' lanes).
+def computed(
+    tiles: torch.Tensor, rows: torch.Tensor, out_size: Pair, tile: Pair, area: int, group_out: int
+) -> list[int]:
+    """Per image, the outputs :func:`execute` computes for these maps: its vectors' lanes, or the
+    active outputs where its kernel for this layer computes pixel by pixel.
 
     Args:
         tiles: uint8 ``(B, ceil(H_out / th), ceil(W_out / tw))`` on the CPU, non-zero where active.
         rows: uint8 ``(B, H_out)`` on the CPU.
         out_size: ``(H_out, W_out)``.
         tile: ``(th, tw)``.
+        area: the layer's kernel positions ``kh * kw``.
+        group_out: its output channels per group.
 
     Raises:
         ValueError: the maps are not uint8 of those shapes.
@@ -293,8 +301,8 @@ def computed(tiles: torch.Tensor, rows: torch.Tensor, out_size: Pair, tile: Pair
     tiles, rows = _checked_maps("computed", tiles, rows, tiles.shape[0], out_size, tile)
     counts = np.empty(tiles.shape[0], dtype=np.int64)
     library().zeroskip_computed(
-        tiles.data_ptr(), rows.data_ptr(), tiles.shape[0], *out_size, tiles.shape[1], tiles.shape[2], *tile,
-        counts.ctypes.data,
+        tiles.data_ptr(), rows.data_ptr(), tiles.shape[0], *out_size, tiles.shape[1], tiles.shape[2], *tile, area,
+        group_out, counts.ctypes.data,
     )
     return counts.tolist()
 
@@ -419,7 +427,7 @@ def execute(
         None if scale is None else scale.data_ptr(), None if shift is None else shift.data_ptr(), int(relu),
         out.data_ptr(), *out.stride(),
         tiles.data_ptr(), tiles.shape[1], tiles.shape[2], *tile, None if rows is None else rows.data_ptr(),
-        core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right, *zeroed,
+        _KERNEL, core.data_ptr(), core.shape[0], core.shape[2], core.shape[3], top, bottom, left, right, *zeroed,
     )
     status = library().zeroskip_execute(ctypes.byref(job), torch.get_num_threads())
     if status & _OUT_OF_MEMORY:

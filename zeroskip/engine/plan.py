@@ -112,10 +112,12 @@ def _tile_fractions(active: torch.Tensor, g: ConvGeometry, tile: Pair) -> torch.
 
 def _native_fractions(tiles: torch.Tensor, rows: torch.Tensor, g: ConvGeometry, tile: Pair) -> list[float]:
     """Per image, the fraction of output pixels the native executor computes: the lanes of the
-    vectors that cover the active tiles of active rows (what its time grows with)."""
+    vectors that cover the active tiles of active rows, or those tiles' outputs where its kernel
+    for the layer computes pixel by pixel (what its time grows with)."""
     pixels = g.out_height * g.out_width
     # The maps are bool on the CPU: read as uint8 in place.
-    lanes = native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (g.out_height, g.out_width), tile)
+    lanes = native.computed(tiles.view(torch.uint8), rows.view(torch.uint8), (g.out_height, g.out_width), tile,
+                            g.kernel[0] * g.kernel[1], g.out_channels // g.groups)
     return [count / pixels for count in lanes]
 
 
