@@ -45,8 +45,7 @@ class Job(ctypes.Structure):
         ).split()],
         ("panels", _P),
         ("panel_state", _P),
-        ("tap_dy", _P),
-        ("tap_offset", _P),
+        ("tap_input", _P),
         ("tap_weight", _P),
         ("failed", ctypes.c_int),
     ]

@@ -190,9 +190,10 @@ typedef struct {
     /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
     float *panels;
     int *panel_state;
-    /* per tap, in the order of the sums: input rows below the output row's first, offset in a buffer
-     * row (channel, stride phase, column), and the weight's column (channel in group, ky, kx) */
-    int64_t *tap_dy, *tap_offset, *tap_weight;
+    /* per tap, in the order of the sums: its input's offset in the buffer from the input under the
+     * output's first tap (rows, channel, stride phase and column in one), and its weight's column
+     * (channel in group, ky, kx) */
+    int64_t *tap_input, *tap_weight;
     int failed; /* OUT_OF_MEMORY | NOT_FINITE, set by any thread */
 } exec_job;
 
@@ -219,7 +220,7 @@ static void fill(const exec_job *job, int64_t b, int64_t o0, int64_t o1, int64_t
 /* Copy input rows [r0, r0 + count) of image b into the buffer: per row and channel, `stride_w`
  * phases of `phase_w` values, phase p holding padded columns p, p + s, ... Only the phase columns
  * [j0, j1) that the item's pixel blocks read are copied: an item's active tiles often span a small
- * part of the row. Rows outside the image are not copied: their pointers go to `zeros`. */
+ * part of the row. Rows outside the image (the zero padding) are zeros. */
 static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0, int64_t count, int64_t j0,
                       int64_t j1) {
     int64_t s = job->stride_w, pw = job->phase_w, xs_w = job->xs_w;
@@ -228,9 +229,12 @@ static void copy_rows(const exec_job *job, float *buffer, int64_t b, int64_t r0,
     for (int64_t ci = 0; ci < job->channels; ci++) {
         for (int64_t r = 0; r < count; r++) {
             int64_t h = r0 + r;
-            if (h < 0 || h >= job->height) continue;
-            const float *src = job->x + b * job->xs_b + ci * job->xs_c + h * job->xs_h;
             float *dst = buffer + (r * job->channels + ci) * s * pw;
+            if (h < 0 || h >= job->height) {
+                for (int64_t p = 0; p < s; p++) memset(dst + p * pw + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+                continue;
+            }
+            const float *src = job->x + b * job->xs_b + ci * job->xs_c + h * job->xs_h;
             for (int64_t p = 0; p < s; p++) {
                 float *phase = dst + p * pw;
                 /* phase[j] = padded column j * s + p = input column j * s + p - pad_left, inside
@@ -397,17 +401,39 @@ static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, flo
     /* Tap by tap, writing the panel in order: channel by channel (each a stride-48-byte store per
      * tap) it took twice as long, 2.6 ms for a 512 x 512 x 3 x 3 layer's weights. */
     const float *w = job->weight + first * job->k;
-    int finite = 1;
+    const int64_t *tap_weight = job->tap_weight + t0;
+    int64_t i0 = 0; /* channels [0, i0) packed by vectors */
+#if defined(__AVX512F__)
+    /* 16 channels of a tap are 16 values k apart: one gather, one store (value by value, the
+     * loads from 16 rows of the weights took a tenth of a sparse 256-channel layer's time). */
+    if (job->k * 16 <= INT32_MAX) {
+        __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32((int)job->k));
+        for (; i0 + 16 <= channels; i0 += 16)
+            for (int64_t t = 0; t < taps; t++)
+                _mm512_storeu_ps(a + t * m + i0, _mm512_i32gather_ps(rows, w + i0 * job->k + tap_weight[t], 4));
+    }
+#endif
     for (int64_t t = 0; t < taps; t++) {
-        const float *src = w + job->tap_weight[t0 + t];
+        const float *src = w + tap_weight[t];
         float *dst = a + t * m;
-        int64_t i = 0;
-        for (; i < channels; i++) {
-            dst[i] = src[i * job->k];
-            finite &= isfinite(dst[i]) != 0;
-        }
+        int64_t i = i0;
+        for (; i < channels; i++) dst[i] = src[i * job->k];
         for (; i < m; i++) dst[i] = 0.0f;
     }
+    /* A chunk's taps are a run of each channel's weights (its input channels, every position), so
+     * their finiteness is a vectorised pass over runs (checked value by value in the packing loop,
+     * it took a tenth of a sparse 256-channel layer's time). */
+    uint32_t non_finite = 0; /* whether an exponent has all bits set (Inf, NaN) */
+    for (int64_t i = 0; i < channels; i++) {
+        const float *run = w + i * job->k + job->tap_weight[t0];
+        for (int64_t t = 0; t < taps; t++) {
+            uint32_t bits;
+            memcpy(&bits, run + t, sizeof bits);
+            non_finite |= (bits & 0x7f800000u) == 0x7f800000u;
+        }
+    }
+    int finite = !non_finite;
     /* 0 * inf is NaN in the dense result: the caller discards this output (see zeroskip_execute). */
     if (!finite) __atomic_fetch_or(&job->failed, NOT_FINITE, __ATOMIC_RELAXED);
     if (a != scratch) __atomic_store_n(state, 2, __ATOMIC_RELEASE);
@@ -416,14 +442,12 @@ static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, flo
 
 /* Pointers to the input values under taps [t0, t0 + taps) of group g for output row `o`, as read by
  * output column 0 (column c reads c further on); the buffer's first row is input row `r0`. */
-static void tap_pointers(const exec_job *job, const float *buffer, const float *zeros, int64_t g, int64_t o,
+static void tap_pointers(const exec_job *job, const float *buffer, int64_t g, int64_t o,
                          int64_t r0, int64_t t0, int64_t taps, const float **pointers) {
-    int64_t top = o * job->stride_h - job->pad_top, row = job->channels * job->stride_w * job->phase_w;
-    const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
-    for (int64_t t = t0; t < t0 + taps; t++) {
-        int64_t h = top + job->tap_dy[t];
-        pointers[t - t0] = (h < 0 || h >= job->height) ? zeros : group + (h - r0) * row + job->tap_offset[t];
-    }
+    int64_t row = job->channels * job->stride_w * job->phase_w;
+    const float *first = buffer + g * job->group_in * job->stride_w * job->phase_w +
+                         (o * job->stride_h - job->pad_top - r0) * row;
+    for (int64_t t = t0; t < t0 + taps; t++) pointers[t - t0] = first + job->tap_input[t];
 }
 
 /* Convolve the pixel blocks of image b for group g: out = bias + sum over taps of weight x input.
@@ -434,7 +458,7 @@ static void tap_pointers(const exec_job *job, const float *buffer, const float *
  * (chunk x MR) and read by every pixel block of the item, so the weights are read from memory once
  * per item, not once per pixel block. Each chunk's sums are added into the output (in cache: an
  * item's output rows are small). The blocks go from `first_block` round to it. */
-static void compute(exec_job *job, const float *buffer, const float *zeros, const float **pointers, float *scratch,
+static void compute(exec_job *job, const float *buffer, const float **pointers, float *scratch,
                     const int64_t *rows, int64_t row_count, const pixel_block *blocks, int64_t count, int64_t b,
                     int64_t g, int64_t r0, int64_t first_block) {
     float *out = job->out + b * job->os_b;
@@ -442,7 +466,7 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
     for (int64_t t0 = 0; t0 < job->k; t0 += job->chunk) {
         int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
         for (int64_t r = 0; r < row_count; r++)
-            tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
+            tap_pointers(job, buffer, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
         for (int64_t nb = 0; nb < job->blocks; nb++) {
             int64_t blk = (first_block + nb) % job->blocks;
             int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
@@ -482,16 +506,17 @@ static void compute(exec_job *job, const float *buffer, const float *zeros, cons
     }
 }
 
-/* The channel kernel: acc[i][p] = init[i] + sum_k A[k, i] * tables[p][k][cols[p]], for cv vectors
+/* The channel kernel: acc[i][p] = init[i] + sum_k A[k, i] * base[p][offsets[k]], for cv vectors
  * of output channels (cv a constant where it is inlined) and PX pixels, each pixel's input one
  * value read and broadcast. Its pixels can be any outputs of the item, so that every lane computes
  * an active output: the pixel kernel's vectors take VLEN outputs of a row at a time, and on narrow
  * rows (24 outputs in 32 lanes) or short runs of active columns a third of their lanes or more
- * compute outputs nobody asked for. Each output's terms are summed in the order of `kernel`'s. */
-static inline __attribute__((always_inline)) void channel_kernel(int cv, int one_row, int64_t k, const float *a,
-                                                                 const float *const *const tables[PX],
-                                                                 const int64_t cols[PX], const float *init,
-                                                                 vf acc[CV][PX]) {
+ * compute outputs nobody asked for. A tap's input is at the same offset from every pixel's base in
+ * the item's buffer (whose rows outside the image are zeros), so a tap costs one offset, not a
+ * pointer per pixel. Each output's terms are summed in the order of `kernel`'s. */
+static inline __attribute__((always_inline)) void channel_kernel(int cv, int64_t k, const float *a,
+                                                                 const float *const base[PX], const int64_t *offsets,
+                                                                 const float *init, vf acc[CV][PX]) {
     for (int i = 0; i < cv; i++) {
         vf start = load(init + i * VLEN);
         for (int p = 0; p < PX; p++) acc[i][p] = start;
@@ -500,12 +525,13 @@ static inline __attribute__((always_inline)) void channel_kernel(int cv, int one
         vf w[CV];
         for (int i = 0; i < cv; i++) w[i] = load(a + i * VLEN);
         if (t + PREFETCH_TAPS < k) {
-            __builtin_prefetch(tables[0][t + PREFETCH_TAPS] + cols[0], 0, 3);
-            __builtin_prefetch(tables[PX - 1][t + PREFETCH_TAPS] + cols[PX - 1], 0, 3);
+            __builtin_prefetch(base[0] + offsets[t + PREFETCH_TAPS], 0, 3);
+            __builtin_prefetch(base[PX - 1] + offsets[t + PREFETCH_TAPS], 0, 3);
         }
+        int64_t at = offsets[t];
 #pragma GCC unroll 8
         for (int p = 0; p < PX; p++) {
-            float x = tables[one_row ? 0 : p][t][cols[p]];
+            float x = base[p][at];
             for (int i = 0; i < cv; i++) acc[i][p] += w[i] * x; /* the scalar is broadcast */
         }
     }
@@ -515,14 +541,13 @@ static inline __attribute__((always_inline)) void channel_kernel(int cv, int one
  * for a block of output channels: added to `first` (the first chunk) or to the running sums of the
  * chunks before (`running`, pixels x CBLOCK), and kept there, through the epilogue for the last
  * chunk (scale NULL: none; coefficients per channel of the block). */
-static inline __attribute__((always_inline)) void channel_sums(int cv, int one_row, int64_t k, const float *a,
-                                                               const float *const *const tables[PX],
-                                                               const int64_t cols[PX], const float *init,
-                                                               const float *first, float *running, int pixels,
-                                                               const float *scale, const float *shift,
+static inline __attribute__((always_inline)) void channel_sums(int cv, int64_t k, const float *a,
+                                                               const float *const base[PX], const int64_t *offsets,
+                                                               const float *init, const float *first, float *running,
+                                                               int pixels, const float *scale, const float *shift,
                                                                int64_t relu) {
     vf acc[CV][PX];
-    channel_kernel(cv, one_row, k, a, tables, cols, init, acc);
+    channel_kernel(cv, k, a, base, offsets, init, acc);
     for (int p = 0; p < pixels; p++)
         for (int i = 0; i < cv; i++) {
             float *sums = running + p * CBLOCK + i * VLEN;
@@ -532,42 +557,39 @@ static inline __attribute__((always_inline)) void channel_sums(int cv, int one_r
         }
 }
 
-typedef void channel_fn(int64_t, const float *, const float *const *const[PX], const int64_t[PX], const float *,
+typedef void channel_fn(int64_t, const float *, const float *const[PX], const int64_t *, const float *,
                         const float *, float *, int, const float *, const float *, int64_t);
-#define CHANNEL_KERNEL(cv, one_row, name)                                                                       \
-    static void name(int64_t k, const float *a, const float *const *const tables[PX],              \
-                                  const int64_t cols[PX], const float *init, const float *first, float *running, \
-                                  int pixels, const float *scale, const float *shift, int64_t relu) {            \
-        channel_sums(cv, one_row, k, a, tables, cols, init, first, running, pixels, scale, shift, relu);        \
+#define CHANNEL_KERNEL(cv)                                                                                      \
+    static void channel_sums_##cv(int64_t k, const float *a, const float *const base[PX], const int64_t *offsets, \
+                                  const float *init, const float *first, float *running, int pixels,             \
+                                  const float *scale, const float *shift, int64_t relu) {                        \
+        channel_sums(cv, k, a, base, offsets, init, first, running, pixels, scale, shift, relu);                 \
     }
-CHANNEL_KERNEL(1, 0, channel_sums_1)
-CHANNEL_KERNEL(2, 0, channel_sums_2)
-CHANNEL_KERNEL(1, 1, row_sums_1)
-CHANNEL_KERNEL(2, 1, row_sums_2)
+CHANNEL_KERNEL(1)
+CHANNEL_KERNEL(2)
 #if CV == 4
-CHANNEL_KERNEL(3, 0, channel_sums_3)
-CHANNEL_KERNEL(4, 0, channel_sums_4)
-CHANNEL_KERNEL(3, 1, row_sums_3)
-CHANNEL_KERNEL(4, 1, row_sums_4)
-static channel_fn *const channel_kernels[2][CV] = {{channel_sums_1, channel_sums_2, channel_sums_3, channel_sums_4},
-                                                   {row_sums_1, row_sums_2, row_sums_3, row_sums_4}};
+CHANNEL_KERNEL(3)
+CHANNEL_KERNEL(4)
+static channel_fn *const channel_kernels[CV] = {channel_sums_1, channel_sums_2, channel_sums_3, channel_sums_4};
 #else
-static channel_fn *const channel_kernels[2][CV] = {{channel_sums_1, channel_sums_2}, {row_sums_1, row_sums_2}};
+static channel_fn *const channel_kernels[CV] = {channel_sums_1, channel_sums_2};
 #endif
 
 /* compute()'s work with the channel kernel, for the item's active pixels (each its row's index
  * among `rows`, and its column): block by block of CBLOCK channels, then chunk by chunk (the
  * running sums of the block's pixels stay in cache), PX pixels at a time. */
-static void compute_by_channels(exec_job *job, const float *buffer, const float *zeros, const float **pointers,
-                                float *scratch, float *running, const int64_t *rows, int64_t row_count,
-                                const int64_t *pixel_row, const int64_t *pixel_col, int64_t count, int64_t b,
-                                int64_t g, int64_t r0, int64_t first_block) {
+static void compute_by_channels(exec_job *job, const float *buffer, float *scratch, float *running,
+                                const int64_t *rows, const int64_t *pixel_row, const int64_t *pixel_col, int64_t count,
+                                int64_t b, int64_t g, int64_t r0, int64_t first_block) {
     float *out = job->out + b * job->os_b;
+    int64_t row_floats = job->channels * job->stride_w * job->phase_w;
+    const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
     for (int64_t nb = 0; nb < job->blocks; nb++) {
         int64_t blk = (first_block + nb) % job->blocks;
         int64_t m = blk + 1 < job->blocks ? CBLOCK : last_channels(job);
         int64_t c0 = g * job->group_out + blk * CBLOCK;
         int64_t channels = job->group_out - blk * CBLOCK < m ? job->group_out - blk * CBLOCK : m;
+        channel_fn *sums = channel_kernels[m / VLEN - 1];
         /* The bias as compute() adds it (0 + bias), and the epilogue's coefficients, per lane. */
         float bias[CBLOCK], zero[CBLOCK] = {0}, scale[CBLOCK] = {0}, shift[CBLOCK] = {0};
         for (int64_t i = 0; i < m; i++) {
@@ -579,25 +601,20 @@ static void compute_by_channels(exec_job *job, const float *buffer, const float 
         }
         for (int64_t t0 = 0; t0 < job->k; t0 += job->chunk) {
             int64_t taps = job->k - t0 < job->chunk ? job->k - t0 : job->chunk;
-            for (int64_t r = 0; r < row_count; r++)
-                tap_pointers(job, buffer, zeros, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
             const float *a = panel(job, g, blk, t0, scratch);
             const float *init = !t0 && job->bias_in_sum ? bias : zero;
             const float *start = t0 ? NULL : job->bias_in_sum ? zero : bias;
             int last = t0 + job->chunk >= job->k;
             for (int64_t n = 0; n < count; n += PX) {
                 int pixels = count - n < PX ? (int)(count - n) : PX;
-                const float *const *tables[PX];
-                int64_t cols[PX];
-                int one_row = 1;
+                const float *base[PX];
                 for (int p = 0; p < PX; p++) {
                     int64_t q = n + (p < pixels ? p : pixels - 1);
-                    tables[p] = pointers + pixel_row[q] * job->chunk;
-                    cols[p] = pixel_col[q];
-                    one_row &= pixel_row[q] == pixel_row[n];
+                    base[p] = group + (rows[pixel_row[q]] * job->stride_h - job->pad_top - r0) * row_floats +
+                              pixel_col[q];
                 }
-                channel_kernels[one_row][m / VLEN - 1](taps, a, tables, cols, init, start, running + n * CBLOCK,
-                                                       pixels, last && job->scale ? scale : NULL, shift, job->relu);
+                sums(taps, a, base, job->tap_input + t0, init, start, running + n * CBLOCK, pixels,
+                     last && job->scale ? scale : NULL, shift, job->relu);
             }
         }
         /* VLEN pixels at a time channel by channel, so that the writes run along the output's rows
@@ -741,7 +758,7 @@ static void *run_items(void *arg) {
     int64_t row_floats = job->channels * job->stride_w * job->phase_w;
     /* A row's active runs (at most one per two tiles) take a vector per VLEN columns begun. */
     int64_t most_blocks = job->item_rows * (job->out_w / VLEN + (job->tiles_j + 1) / 2 + 1);
-    float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats + job->phase_w) * sizeof(float));
+    float *buffer = (float *)malloc((size_t)(job->buffer_rows * row_floats) * sizeof(float));
     const float **pointers = (const float **)malloc((size_t)(job->item_rows * job->chunk) * sizeof(float *));
     /* The pixel kernel's blocks, or the channel kernel's pixels and their running sums. */
     int64_t pixels = job->by_channels ? job->item_pixels : 0;
@@ -761,8 +778,6 @@ static void *run_items(void *arg) {
         __atomic_fetch_or(&job->failed, OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return NULL;
     }
-    float *zeros = buffer + job->buffer_rows * row_floats;
-    memset(zeros, 0, (size_t)job->phase_w * sizeof(float));
     for (;;) {
         int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->items) break;
@@ -794,10 +809,10 @@ static void *run_items(void *arg) {
          * one that loses packs its own copy (2 threads: up to 4% of a 512-channel layer). */
         for (int64_t g = 0; g < job->groups; g++)
             if (pixels)
-                compute_by_channels(job, buffer, zeros, pointers, scratch, running, rows, row_count, pixel_list,
-                                    pixel_list + pixels, count, b, g, r0, item * 5 * job->blocks / 8 % job->blocks);
+                compute_by_channels(job, buffer, scratch, running, rows, pixel_list, pixel_list + pixels, count, b, g,
+                                    r0, item * 5 * job->blocks / 8 % job->blocks);
             else
-                compute(job, buffer, zeros, pointers, scratch, rows, row_count, blocks, count, b, g, r0,
+                compute(job, buffer, pointers, scratch, rows, row_count, blocks, count, b, g, r0,
                         item * 5 * job->blocks / 8 % job->blocks);
     }
     free(buffer);
@@ -814,7 +829,9 @@ static void *run_items(void *arg) {
  * MAX_ITEM_ROWS rows, so that the input buffer stays small). Returns the largest item's rows, or -1
  * when out of memory. */
 #define MAX_ITEM_ROWS 32
+#ifndef ITEMS_PER_THREAD
 #define ITEMS_PER_THREAD 4
+#endif
 /* Filling one output costs about as much as this many multiply-accumulates of the kernel. */
 #define FILL_MACS 4
 static int64_t cut_items(exec_job *job, int threads) {
@@ -900,16 +917,15 @@ int zeroskip_execute(exec_job *job, int threads) {
     int64_t count = job->groups * job->blocks * job->chunks;
     job->panels = (float *)malloc((size_t)(job->groups * padded_channels(job) * job->chunks * job->chunk) * sizeof(float));
     job->panel_state = (int *)calloc((size_t)count, sizeof(int));
-    job->tap_dy = (int64_t *)malloc((size_t)job->k * 3 * sizeof(int64_t));
-    if (!job->panels || !job->panel_state || !job->tap_dy) {
+    job->tap_input = (int64_t *)malloc((size_t)job->k * 2 * sizeof(int64_t));
+    if (!job->panels || !job->panel_state || !job->tap_input) {
         free(job->panels);
         free(job->panel_state);
-        free(job->tap_dy);
+        free(job->tap_input);
         free((void *)job->item_image);
         return OUT_OF_MEMORY;
     }
-    job->tap_offset = job->tap_dy + job->k;
-    job->tap_weight = job->tap_dy + 2 * job->k;
+    job->tap_weight = job->tap_input + job->k;
     for (int64_t t = 0; t < job->k; t++) {
         /* chunk c holds channels [c * chunk_channels, + in_chunk), by position then channel */
         int64_t c = t / job->chunk, first = c * chunk_channels, in_chunk = job->group_in - first;
@@ -917,8 +933,8 @@ int zeroskip_execute(exec_job *job, int threads) {
         int64_t ci = first + t % job->chunk % in_chunk, position = t % job->chunk / in_chunk;
         int64_t ky = position / job->kw, kx = position % job->kw, tap = kx * job->dil_w;
         job->tap_weight[t] = ci * area + position;
-        job->tap_dy[t] = ky * job->dil_h;
-        job->tap_offset[t] = ci * job->stride_w * job->phase_w + (tap % job->stride_w) * job->phase_w + tap / job->stride_w;
+        job->tap_input[t] = ky * job->dil_h * job->channels * job->stride_w * job->phase_w +
+                            ci * job->stride_w * job->phase_w + (tap % job->stride_w) * job->phase_w + tap / job->stride_w;
     }
     job->next = 0;
     job->failed = 0;
@@ -926,7 +942,7 @@ int zeroskip_execute(exec_job *job, int threads) {
     free((void *)job->item_image);
     free(job->panels);
     free(job->panel_state);
-    free(job->tap_dy);
+    free(job->tap_input);
     return job->failed;
 }
 
