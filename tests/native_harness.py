@@ -219,7 +219,7 @@ def run(library: str, cases: int) -> None:
             w.ctypes.data, cout // groups, cin // groups, w[0].size, bias.ctypes.data,
             *((scale.ctypes.data, shift.ctypes.data, int(relu)) if folded else (None, None, 0)),
             out.ctypes.data, *steps[1],
-            tiles.ctypes.data, tiles.shape[1], tiles.shape[2], th, tw, rows.ctypes.data, int(rng.random() < 0.5),
+            tiles.ctypes.data, tiles.shape[1], tiles.shape[2], th, tw, rows.ctypes.data, rng.choice([-1, 0, 1]),
             core.ctypes.data,
             1, 1, 1, 0, 0, 0, 0, *((out.ctypes.data, out.ctypes.data + out.nbytes) if zeroed else (0, 0)),
         )

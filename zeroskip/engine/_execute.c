@@ -731,13 +731,14 @@ static int64_t plan_rows(const exec_job *job, int64_t b, int64_t o0, int64_t o1,
 }
 
 /* Whether the channel kernel computes a layer of kernel `area` (kh x kw) and `group_out` output
- * channels per group. Measured alternating against the pixel kernel on resnet18's layers (AVX-512,
- * 1 and 2 threads): 0.7-0.8x the time on 512 channels of 18 x 24 outputs, 0.92-0.98x on 64-256
- * channels, 0.44-0.63x on the 7 x 7 stem over masked frames; 1.1-1.35x on 1 x 1 kernels, whose
+ * channels per group. Measured alternating against the pixel kernel on resnet18's layers (1 and 2
+ * threads): on AVX-512 0.7-0.8x the time on 512 channels of 18 x 24 outputs, 0.92-0.98x on 64-256
+ * channels, 0.44-0.63x on the 7 x 7 stem over masked frames; built for AVX2 (-march=x86-64-v3, on
+ * the same AVX-512 machine) 0.76-0.78x, 0.88-1.01x and 0.56-0.89x. 1.1-1.35x on 1 x 1 kernels, whose
  * chunks of 256 channels give a panel of weights larger than L1. Channels that are not whole
- * vectors would compute lanes nobody asked for. Not measured with narrower vectors: not taken. */
+ * vectors would compute lanes nobody asked for. Not measured with 4-lane vectors: not taken. */
 static int channel_kernel_for(int64_t area, int64_t group_out) {
-    return VLEN == 16 && area > 1 && group_out % VLEN == 0;
+    return VLEN >= 8 && area > 1 && group_out % VLEN == 0;
 }
 
 /* Per image of `batch`, the outputs the executor computes from these maps (see exec_job's tiles,
