@@ -185,7 +185,8 @@ typedef struct {
     const int64_t *item_image, *item_start, *item_end;
     int64_t items;
     int64_t next; /* the next item to take (atomic) */
-    /* buffer geometry, shared by every thread */
+    /* buffer geometry, shared by every thread (item_pixels: the most active outputs of an item, the
+     * channel kernel's running sums; block: channels per block of the kernel, blocks per group) */
     int64_t phase_w, buffer_rows, item_rows, item_pixels, blocks, block, chunks, chunk, bias_in_sum;
     /* the weights packed per (group, block, chunk of taps), and whether each panel is (being) packed */
     float *panels;
@@ -842,8 +843,8 @@ static void *run_items(void *arg) {
 }
 
 /* Cut the rows of every image into work items of about `total / (threads * 4)` work each (at most
- * MAX_ITEM_ROWS rows, so that the input buffer stays small). Returns the largest item's rows, or -1
- * when out of memory. */
+ * MAX_ITEM_ROWS rows, so that the input buffer stays small, and for the channel kernel about
+ * MAX_ITEM_PIXELS active outputs). Returns the largest item's rows, or -1 when out of memory. */
 #define MAX_ITEM_ROWS 32
 #ifndef ITEMS_PER_THREAD
 #define ITEMS_PER_THREAD 4
