@@ -289,18 +289,18 @@ def _has_avx512() -> bool:
 
 @needs_native
 @pytest.mark.skipif(not _has_avx512(), reason="the order of the sums was measured against oneDNN's AVX-512 kernels")
-@pytest.mark.parametrize("native_kernel", [-1, 0, 1], ids=["auto", "pixels", "channels"])
+@pytest.mark.parametrize("executor_kernel", [-1, 0, 1], ids=["auto", "pixels", "channels"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     "in_channels, out_channels, kernel, stride, bias",
     [(3, 64, 7, 2, False), (3, 64, 7, 2, True), (64, 64, 3, 1, False), (64, 128, 3, 2, True), (512, 512, 3, 1, True),
      (24, 24, 3, 1, True), (64, 128, 1, 2, True), (256, 512, 1, 2, False)],
 )
-def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, bias, threads, native_kernel,
+def test_native_sums_in_dense_order(in_channels, out_channels, kernel, stride, bias, threads, executor_kernel,
                                     monkeypatch):
     """The native executor adds the terms in oneDNN's order, with either kernel: its outputs equal
     dense's bit for bit."""
-    monkeypatch.setattr(_native, "_KERNEL", native_kernel)
+    monkeypatch.setattr(_native, "_KERNEL", executor_kernel)
     generator = torch.Generator().manual_seed(in_channels + kernel)
     size = 8 if in_channels >= 256 else 40
     x = torch.rand(2, in_channels, size, size + 8, generator=generator)

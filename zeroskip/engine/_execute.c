@@ -392,6 +392,11 @@ static int64_t last_channels(const exec_job *job) {
 /* The channels of a group's blocks, each rounded up to its kernel's. */
 static int64_t padded_channels(const exec_job *job) { return (job->blocks - 1) * job->block + last_channels(job); }
 
+/* The channels of block `blk`'s kernel (its panel's rows). */
+static int64_t block_size(const exec_job *job, int64_t blk) {
+    return blk + 1 < job->blocks ? job->block : last_channels(job);
+}
+
 /* The weights of block `blk` of group g for taps [t0, t0 + chunk) (in the order of the sums), as a[taps][m] (m: the block's
  * kernel's channels; rows past the group's output channels zero), stored after those of the
  * group's channels and taps before it: the panels take the weights' size (a fixed slot per panel
@@ -401,7 +406,7 @@ static int64_t padded_channels(const exec_job *job) { return (job->blocks - 1) *
  * wait for a thread the scheduler may have taken away. */
 static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, float *scratch) {
     int *state = job->panel_state + (g * job->blocks + blk) * job->chunks + t0 / job->chunk;
-    int64_t m = blk + 1 < job->blocks ? job->block : last_channels(job);
+    int64_t m = block_size(job, blk);
     float *a = job->panels + (g * padded_channels(job) + blk * job->block) * job->chunks * job->chunk + t0 * m;
     int expected = 0;
     if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return a;
@@ -480,7 +485,7 @@ static void compute(exec_job *job, const float *buffer, const float **pointers, 
             tap_pointers(job, buffer, g, rows[r], r0, t0, taps, pointers + r * job->chunk);
         for (int64_t nb = 0; nb < job->blocks; nb++) {
             int64_t blk = (first_block + nb) % job->blocks;
-            int64_t m = blk + 1 < job->blocks ? MR : last_channels(job);
+            int64_t m = block_size(job, blk);
             int64_t channels = job->group_out - blk * MR < m ? job->group_out - blk * MR : m;
             sums_fn *full_sums = m == MR ? sums_main : m == MR_WIDE ? sums_wide : sums_narrow;
             partial_fn *partial = m == MR ? partial_main : m == MR_WIDE ? partial_wide : partial_narrow;
@@ -597,7 +602,7 @@ static void compute_by_channels(exec_job *job, const float *buffer, float *scrat
     const float *group = buffer + g * job->group_in * job->stride_w * job->phase_w;
     for (int64_t nb = 0; nb < job->blocks; nb++) {
         int64_t blk = (first_block + nb) % job->blocks;
-        int64_t m = blk + 1 < job->blocks ? CBLOCK : last_channels(job);
+        int64_t m = block_size(job, blk);
         int64_t c0 = g * job->group_out + blk * CBLOCK;
         int64_t channels = job->group_out - blk * CBLOCK < m ? job->group_out - blk * CBLOCK : m;
         channel_fn *sums = channel_kernels[m / VLEN - 1];
