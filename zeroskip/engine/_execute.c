@@ -761,6 +761,14 @@ void zeroskip_computed(const uint8_t *tiles, const uint8_t *rows, int64_t batch,
         for (int64_t o = 0; o < out_h; o++) {
             if (rows && !rows[b * out_h + o]) continue;
             const uint8_t *row = tiles + (b * tiles_i + o / tile_h) * tiles_j;
+            if (by_channels && tile_w == 1) {
+                /* One output per tile: a count of the non-zero bytes, which vectorises (run by run,
+                 * a W1 frame's 288 x 384 map took 36 us, counted so 15 with the call's overhead). */
+                int64_t active = 0;
+                for (int64_t j = 0; j < tiles_j; j++) active += row[j] != 0;
+                lanes += active;
+                continue;
+            }
             int64_t reach = 0; /* the end of the row's last vector's VLEN columns */
             for (int64_t j = 0, first, last; next_run(row, tiles_j, tile_w, out_w, &j, &first, &last);)
                 if (by_channels)

@@ -159,6 +159,15 @@ static void *scan_items(void *arg) {
                 job->rows[b * job->out_height + r] = any;
             }
         }
+        if (job->rest || step == 1) continue;
+        /* A sample clears the flags of the units it leaves, up to the next one it scans. */
+        int64_t c0 = i1, c1 = (u + step) * job->unit < job->tiles_i ? (u + step) * job->unit : job->tiles_i;
+        if (c0 >= c1) continue;
+        memset(job->tiles + (b * job->tiles_i + c0) * tiles_j, 0, (size_t)((c1 - c0) * tiles_j));
+        if (job->rows) {
+            int64_t r0 = c0 * job->tile_h, r1 = c1 * job->tile_h < job->out_height ? c1 * job->tile_h : job->out_height;
+            memset(job->rows + b * job->out_height + r0, 0, (size_t)(r1 - r0));
+        }
     }
     free(acc);
     free(flags);
@@ -170,8 +179,9 @@ static void *scan_items(void *arg) {
 
 /* Which output tiles (and, if `rows` is not NULL, which output rows) have a non-zero input value
  * under their receptive field. Rows of tiles go in units of `unit`; with row_step > 1 only every
- * row_step-th unit is scanned (a sample), or with `rest` every other one (completing that sample's
- * flags); the flags of the units not scanned are left as they are. Strides are in elements.
+ * row_step-th unit is scanned (a sample: the flags of the others are cleared), or with `rest` every
+ * other one (completing that sample's flags, the sampled units' left as they are). Strides are in
+ * elements.
  * Returns 0 on success. */
 int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t height, int64_t width,
                   int64_t stride_b, int64_t stride_c, int64_t stride_h, int64_t stride_w, int element_size,

@@ -188,9 +188,10 @@ def scan(
     if rest_of is not None:
         tiles, rows = rest_of
     else:
-        new = torch.empty if row_step == 1 else torch.zeros
-        tiles = new((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
-        rows = new((x.shape[0], g.out_height), dtype=torch.bool)
+        # Not torch.zeros: the scan clears the flags of the units a sample leaves (a torch fill of
+        # a map this size is a parallel region of its own).
+        tiles = torch.empty((x.shape[0], tiles_i, tiles_j), dtype=torch.bool)
+        rows = torch.empty((x.shape[0], g.out_height), dtype=torch.bool)
     threads = torch.get_num_threads() if x.numel() * size >= _PARALLEL_MIN_BYTES else 1
     failed = native.zeroskip_scan(
         # data_ptr() already points at the storage offset of a view.
