@@ -797,18 +797,9 @@ static void *run_items(void *arg) {
     float *running = (float *)malloc((size_t)(pixels * CBLOCK + 1) * sizeof(float));
     int64_t *rows = (int64_t *)malloc((size_t)job->item_rows * sizeof(int64_t));
     float *scratch = (float *)malloc((size_t)(job->chunk * (pixels ? CBLOCK : MR_WIDE)) * sizeof(float));
-    if (!buffer || !pointers || !blocks || !pixel_list || !running || !rows || !scratch) {
-        free(buffer);
-        free(pointers);
-        free(blocks);
-        free(pixel_list);
-        free(running);
-        free(rows);
-        free(scratch);
-        __atomic_fetch_or(&job->failed, OUT_OF_MEMORY, __ATOMIC_RELAXED);
-        return NULL;
-    }
-    for (;;) {
+    int allocated = buffer && pointers && blocks && pixel_list && running && rows && scratch;
+    if (!allocated) __atomic_fetch_or(&job->failed, OUT_OF_MEMORY, __ATOMIC_RELAXED);
+    while (allocated) {
         int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->items) break;
         int64_t b = job->item_image[item], row_count;
@@ -857,14 +848,15 @@ static void *run_items(void *arg) {
 
 /* Cut the rows of every image into work items of about `total / (threads * 4)` work each (at most
  * MAX_ITEM_ROWS rows, so that the input buffer stays small, and for the channel kernel about
- * MAX_ITEM_PIXELS active outputs). Returns the largest item's rows, or -1 when out of memory. */
+ * MAX_ITEM_PIXELS active outputs). Returns the largest item's rows, or -1 when out of memory; the
+ * total work (multiply-accumulates, a fill counted as FILL_MACS) into `total_work`. */
 #define MAX_ITEM_ROWS 32
 #ifndef ITEMS_PER_THREAD
 #define ITEMS_PER_THREAD 4
 #endif
 /* Filling one output costs about as much as this many multiply-accumulates of the kernel. */
 #define FILL_MACS 4
-static int64_t cut_items(exec_job *job, int threads) {
+static int64_t cut_items(exec_job *job, int threads, double *total_work) {
     int64_t channels = job->groups * job->group_out, rows = job->batch * job->out_h;
     double *work = (double *)malloc((size_t)rows * sizeof(double));
     int64_t *items = (int64_t *)malloc((size_t)rows * 4 * sizeof(int64_t));
@@ -911,6 +903,7 @@ static int64_t cut_items(exec_job *job, int threads) {
         }
     }
     free(work);
+    *total_work = total;
     job->item_image = items;
     job->item_start = items + rows;
     job->item_end = items + 2 * rows;
@@ -929,7 +922,8 @@ int zeroskip_execute(exec_job *job, int threads) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
     if (job->by_channels < 0) job->by_channels = channel_kernel_for(job->kh * job->kw, job->group_out);
-    int64_t most = cut_items(job, threads);
+    double work;
+    int64_t most = cut_items(job, threads, &work);
     if (most < 0) return OUT_OF_MEMORY;
     if (threads > job->items) threads = (int)job->items;
     job->phase_w = job->out_w + (job->kw - 1) * job->dil_w / job->stride_w + NR;
@@ -968,7 +962,8 @@ int zeroskip_execute(exec_job *job, int threads) {
     }
     job->next = 0;
     job->failed = 0;
-    parallel(run_items, job, threads);
+    static parallel_site site;
+    parallel(&site, run_items, job, threads, work);
     free((void *)job->item_image);
     free(job->panels);
     free(job->panel_state);

@@ -223,7 +223,9 @@ int zeroskip_max_pool(const float *x, int64_t batch, int64_t channels, int64_t h
     job.band_rows = (out_h + bands - 1) / bands;
     job.bands = (out_h + job.band_rows - 1) / job.band_rows;
     job.items = planes * job.bands;
-    parallel(pool_items, &job, job.items < threads ? (int)job.items : threads);
+    static parallel_site site;
+    parallel(&site, pool_items, &job, job.items < threads ? (int)job.items : threads,
+             (double)planes * out_h * out_w * kernel_h * kernel_w);
     free((void *)job.run_start);
     return job.failed;
 }

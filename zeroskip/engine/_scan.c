@@ -93,21 +93,14 @@ static void *scan_items(void *arg) {
     /* active columns before each column, under one row of tiles: a tile's any is a difference, so
      * that tiles one output wide under a 7-wide window cost one lookup each, not seven */
     int32_t *before = malloc((size_t)(job->width + 1) * sizeof(int32_t));
-    if (!acc || !flags || !row_flags || !merged || !before) {
-        __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
-        free(acc);
-        free(flags);
-        free(row_flags);
-        free(merged);
-        free(before);
-        return NULL;
-    }
+    int allocated = acc && flags && row_flags && merged && before;
+    if (!allocated) __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
     int64_t step = job->row_step, units = (job->tiles_i + job->unit - 1) / job->unit;
     int64_t sampled = (units + step - 1) / step;
     int64_t scanned_units = job->rest ? units - sampled : sampled;
     /* Items are taken one at a time: a thread the scheduler takes away holds up one item, not a
      * share of the scan. */
-    for (;;) {
+    while (allocated) {
         int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);
         if (item >= job->items) break;
         int64_t b = item / scanned_units, k = item % scanned_units;
@@ -202,6 +195,8 @@ int zeroskip_scan(const void *data, int64_t batch, int64_t channels, int64_t hei
                     element_size, stride_c == 1 && stride_w == channels ? channels : 1,
                     tiles_i, tile_h, step_h, pad_top, window_h, out_height,
                     tiles_j, tile_w, step_w, pad_left, window_w, tiles, rows, unit, row_step, rest, items, 0, 0};
-    parallel(scan_items, &job, threads);
+    static parallel_site site;
+    /* work: the input values under the scanned units */
+    parallel(&site, scan_items, &job, threads, (double)items * channels * height * width / units);
     return job.failed;
 }

@@ -32,12 +32,14 @@ import torch
 from .._geometry import ConvGeometry, Pair
 from . import _abi
 
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c", "_pool.c"))
+_SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("_scan.c", "_execute.c", "_carry.c", "_pool.c", "_parallel.c")
+)
 _HEADERS = tuple(Path(__file__).with_name(name) for name in ("_background.h", "_parallel.h"))
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 # zeroskip_execute's result bits (_execute.c)
 _OUT_OF_MEMORY, _NOT_FINITE = 1, 2
-# Threads: OpenMP first (PyTorch's own thread pool, see _parallel.h), else threads of its own.
+# Threads: OpenMP first (PyTorch's own thread pool, see _parallel.c), else threads of its own.
 _THREAD_FLAGS = (["-fopenmp"], ["-pthread"])
 _ELEMENT_SIZES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
 # Below this many input bytes, starting a second thread for the scan costs more than it saves.
