@@ -159,9 +159,19 @@ def test_measure_times_every_function_in_every_round():
     calls = []
     timings = bench.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 0.0)
     assert {name: t.blocks for name, t in timings.items()} == {"a": 3, "b": 3}
-    # Two warm-up calls each, then the rounds alternate with the order rotating.
+    # Two warm-up calls each, then the rounds alternate, each in one of the balanced orders.
     assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
     assert all(t.low <= t.q1 <= t.median <= t.q3 <= t.high for t in timings.values())
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 6])
+def test_balanced_orders_put_every_function_behind_every_other_equally_often(count):
+    orders = bench.timing.balanced_orders(count)
+    assert all(sorted(order) == list(range(count)) for order in orders)
+    followers = [(before, after) for order in orders for before, after in zip(order, order[1:])]
+    assert {pair: followers.count(pair) for pair in followers} == dict.fromkeys(
+        ((a, b) for a in range(count) for b in range(count) if a != b), len(followers) // (count * (count - 1))
+    )
 
 
 @pytest.mark.parametrize("kind, density", [("blobs", 0.0), ("blobs", 0.013), ("blobs", 1.0), ("dots", 0.01)])
