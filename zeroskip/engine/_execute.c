@@ -11,7 +11,7 @@
  *
  * Built by zeroskip/engine/native.py with the system C compiler and called through ctypes (which
  * releases the GIL); zeroskip runs its torch executor wherever this is not built. Threads: see
- * _parallel.h.
+ * _parallel.c.
  */
 #include <math.h>
 #include <stdint.h>

@@ -16,7 +16,7 @@
  * taps, -inf, would never replace anything: they are skipped.
  *
  * Built by zeroskip/engine/native.py with the system C compiler and called through ctypes;
- * zeroskip runs the torch path wherever it is not built. Threads: see _parallel.h.
+ * zeroskip runs the torch path wherever it is not built. Threads: see _parallel.c.
  */
 #include <math.h>
 #include <stdint.h>
