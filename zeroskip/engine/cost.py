@@ -41,6 +41,8 @@ _MARGIN = 0.9
 # The check is paid on every call, also when it ends dense: it must be a small share of the dense
 # cost, or inputs that turn out dense (the common case deep in a network) pay too much for it.
 _CHECK_SHARE = 0.25
+# A carried input's activity costs nothing to know: skipping must only not lose on an all-zero input.
+_CARRIED_SHARE = _MARGIN
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,12 @@ def image_costs(g: ConvGeometry, itemsize: int, checked: bool = True) -> ImageCo
 
 def sparse_can_win(costs: ImageCosts, batch: int, native: bool) -> bool:
     """Whether checking is worth it: an all-zero batch (fill and check only) must cost a small
-    share of dense, or the check would slow down every input that turns out dense."""
+    share of dense, or the check would slow down every input that turns out dense. Without a check
+    (a carried input) it must only beat dense: the plan then runs dense where the activity is high,
+    having cost only its bookkeeping."""
     fixed = _NS_FIXED_NATIVE if native else _NS_FIXED
-    return fixed + batch * (costs.fill + costs.check) < _CHECK_SHARE * batch * costs.dense
+    share = _CHECK_SHARE if costs.check else _CARRIED_SHARE
+    return fixed + batch * (costs.fill + costs.check) < share * batch * costs.dense
 
 
 def choose_native(costs: ImageCosts, fraction: float) -> tuple[str, float]:
