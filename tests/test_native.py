@@ -530,3 +530,26 @@ def test_carry_maps_without_the_library_run_torch():
     # Output rows 3-5 and columns 4-6 are active: rows of tiles 1 and 2, column of tiles 1.
     assert tiles[0].sum() == 0 and tiles[1].nonzero().tolist() == [[1, 1], [2, 1]]
     assert rows.tolist() == [[False] * 9, [False] * 3 + [True] * 3 + [False] * 3]
+
+
+@needs_native
+def test_the_plan_says_when_short_passes_ran_on_fewer_threads(monkeypatch):
+    """After threads began a pass late, the next short passes take the ones that were on time; the
+    profile's plan detail says so (its C state needs a loaded machine, so it is stood in for here)."""
+    assert _native.thread_limit() >= 0
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, :, 10:14, 10:14] = 1.0
+    weight = torch.randn(8, 3, 3, 3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(_native, "thread_limit", lambda: 1)
+        with zeroskip.profile() as prof:
+            zeroskip.conv2d(x, weight, None, 1, 1, mode="tiles")
+        monkeypatch.setattr(_native, "thread_limit", lambda: 0)
+        with zeroskip.profile() as quiet:
+            zeroskip.conv2d(x, weight, None, 1, 1, mode="tiles")
+    finally:
+        torch.set_num_threads(previous)
+    assert "short passes on 1 of 2 threads (others began late)" in prof.records[-1].detail
+    assert "short passes" not in quiet.records[-1].detail

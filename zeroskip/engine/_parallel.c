@@ -121,3 +121,9 @@ void parallel(parallel_site *site, void *(*work)(void *), void *arg, int threads
         __atomic_store_n(&backoff, BACKOFF_MIN_NS, __ATOMIC_RELAXED);
     }
 }
+
+/* The threads the short regions take now, or 0 when they take those asked for (the profile's note). */
+int zeroskip_parallel_limit(void) {
+    int limited = __atomic_load_n(&limit, __ATOMIC_RELAXED);
+    return limited && now_ns() < __atomic_load_n(&probe_at, __ATOMIC_RELAXED) ? limited : 0;
+}

@@ -118,6 +118,8 @@ def _build() -> ctypes.CDLL:
     ]
     library.zeroskip_carried_maps.restype = None
     library.zeroskip_carried_maps.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 7, ctypes.c_void_p, ctypes.c_void_p]
+    library.zeroskip_parallel_limit.restype = ctypes.c_int
+    library.zeroskip_parallel_limit.argtypes = []
     library.zeroskip_computed.restype = None
     library.zeroskip_computed.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 9, ctypes.c_void_p]
     library.zeroskip_max_pool.restype = ctypes.c_int
@@ -360,6 +362,14 @@ def max_pool(
         core.data_ptr(), core.shape[0], *core.shape[2:], *rows, *cols, torch.get_num_threads(),
     )
     return not failed
+
+
+def thread_limit() -> int:
+    """The threads the native code's short parallel passes take now, or 0 when they take all that
+    ``torch.get_num_threads()`` says: after threads began a pass late (other work held the cores),
+    the next short passes run on those that were on time for a while (``_parallel.c``)."""
+    native = library()
+    return 0 if native is None else native.zeroskip_parallel_limit()
 
 
 def executes(x: torch.Tensor, weight: torch.Tensor) -> bool:
