@@ -50,6 +50,12 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* The threads a short region takes at `now`, or 0 when it takes those asked for. */
+static int current_limit(int64_t now) {
+    int limited = __atomic_load_n(&limit, __ATOMIC_RELAXED);
+    return limited && now < __atomic_load_n(&probe_at, __ATOMIC_RELAXED) ? limited : 0;
+}
+
 typedef struct {
     void *(*work)(void *);
     void *arg;
@@ -89,12 +95,11 @@ static int run(region *r, int threads) {
 
 void parallel(parallel_site *site, void *(*work)(void *), void *arg, int threads, double units) {
     region r = {work, arg, now_ns(), 0};
-    int asked = threads, limited = __atomic_load_n(&limit, __ATOMIC_RELAXED);
+    int asked = threads, limited = current_limit(r.start);
     double cost; /* 0 until measured */
     __atomic_load(&site->ns_per_unit, &cost, __ATOMIC_RELAXED);
     int is_long = cost * units >= (double)LONG_NS * threads;
-    if (!is_long && limited && limited < threads && r.start < __atomic_load_n(&probe_at, __ATOMIC_RELAXED))
-        threads = limited;
+    if (!is_long && limited && limited < threads) threads = limited;
     if (threads <= 1) {
         work(arg);
         return;
@@ -123,7 +128,4 @@ void parallel(parallel_site *site, void *(*work)(void *), void *arg, int threads
 }
 
 /* The threads the short regions take now, or 0 when they take those asked for (the profile's note). */
-int zeroskip_parallel_limit(void) {
-    int limited = __atomic_load_n(&limit, __ATOMIC_RELAXED);
-    return limited && now_ns() < __atomic_load_n(&probe_at, __ATOMIC_RELAXED) ? limited : 0;
-}
+int zeroskip_parallel_limit(void) { return current_limit(now_ns()); }

@@ -97,10 +97,9 @@ def _execute_native(plan: Plan, x, weight, bias, out, field: Background, zeroed:
     if not native.execute(x, weight, bias, out, g, tiles.view(torch.uint8), tile, rows.view(torch.uint8),
                           (core, field.rows, field.cols), zeroed, folded):
         return None
-    limit = native.thread_limit()
+    limit, asked = native.thread_limit(), torch.get_num_threads()
     # Why a busy machine's call may have run on fewer threads than asked.
-    threads = f" short passes on {limit} of {torch.get_num_threads()} threads (others began late)" if (
-        0 < limit < torch.get_num_threads()) else ""
+    threads = f" short passes on {limit} of {asked} threads (others began late)" if 0 < limit < asked else ""
     if whole_rows:
         return f"native rows={np.count_nonzero((rows & tiles[:, :, 0]).numpy())}{threads}"
     return f"native tiles={np.count_nonzero(tiles.numpy())} tile={tile[0]}x{tile[1]}{threads}"
