@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import zeroskip
 from zeroskip._geometry import check_conv_args
+from zeroskip.engine import native
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
@@ -17,6 +18,34 @@ def test_same_padding_is_asymmetric_for_even_kernels():
     g = check_conv_args(torch.zeros(1, 1, 9, 9), torch.zeros(1, 1, 4, 2), None, 1, "same", (1, 3), 1)
     assert (g.pad_top, g.pad_bottom, g.pad_left, g.pad_right) == (1, 2, 1, 2)
     assert (g.out_height, g.out_width) == (9, 9)
+
+
+@pytest.mark.parametrize("mode", ["rows", "tiles"])
+def test_a_one_wide_kernel_runs_undilated(mode, monkeypatch):
+    """A 1-wide kernel dim has one tap whatever its dilation; every F.conv2d the engine makes runs it at
+    dilation 1 there. Gathered patches and bands can be 1 wide, and PyTorch 2.14 reads outside a
+    channels_last operand with a bias when the input is narrower than the dilation (see test_fuzz)."""
+    g = check_conv_args(torch.zeros(1, 2, 9, 9), torch.zeros(3, 2, 3, 1), None, 1, "same", (2, 3), 1)
+    assert g.dilation == (2, 1) and (g.pad_left, g.pad_right) == (0, 0)
+    x = torch.zeros(2, 4, 12, 9)
+    x[0, :, 5, 4] = 1.0
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 4, 3, 1, generator=torch.Generator().manual_seed(0))
+    bias = torch.arange(6.0)
+    expected = F.conv2d(x, weight, bias, 1, 1, (2, 3))
+    # The torch executor: the one that calls F.conv2d on patches and bands.
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_failure", "forced by the test")
+    dilations, conv2d = [], F.conv2d
+
+    def spy(input, weight, bias, stride, padding, dilation, groups):
+        dilations.append(dilation)
+        return conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    actual = zeroskip.conv2d(x, weight, bias, 1, 1, (2, 3), mode=mode, tile_size=1)
+    torch.testing.assert_close(actual, expected)
+    assert dilations and all(dilation == (2, 1) for dilation in dilations)
 
 
 X = torch.zeros(2, 4, 10, 10)

@@ -144,8 +144,12 @@ def check_conv_args(
     else:
         ph, pw = _pair(padding, "padding", minimum=0)
         pads = (ph, ph, pw, pw)
+    # A kernel 1 wide has one tap whatever its dilation. Dilation 1 there keeps every F.conv2d call of
+    # the engine (on gathered patches and bands, which can be 1 wide) out of PyTorch 2.14's out-of-bounds
+    # read for a channels_last operand with a bias and an input narrower than the dilation.
+    unit_dilation = tuple(d if k > 1 else 1 for d, k in zip(dilation_, (kh, kw)))
     geometry = ConvGeometry(
-        batch, channels, height, width, out_channels, (kh, kw), stride_, dilation_, *pads, groups
+        batch, channels, height, width, out_channels, (kh, kw), stride_, unit_dilation, *pads, groups
     )
     if geometry.out_height < 1 or geometry.out_width < 1:
         raise ValueError(
