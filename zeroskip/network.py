@@ -173,7 +173,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
 
     def compute() -> Background:
         def op(core: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(core, weight, bias, stride, padding, dilation, groups)
+            return F.conv2d(core, weight, bias, stride, padding, g.dilation, groups)  # see check_conv_args
 
         return carry.background.windowed(op, (g.out_height, g.out_width), g.window, g.stride, (g.pad_top, g.pad_left))
 
