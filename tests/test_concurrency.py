@@ -158,7 +158,7 @@ def test_module_level_caches_are_bounded_under_threads():
 def test_background_cache_holds_only_live_weights():
     """The whole-network background cache keeps one entry per live convolution weight: models built,
     run in threads and dropped leave nothing behind."""
-    cache = zeroskip.network._CACHE
+    cache = zeroskip.network.BACKGROUNDS
     gc.collect()
     baseline = len(cache._entries)
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .conv import SparseConv2d, _check_mode
 from .fusion import find_epilogues
-from .network import attach, detach
+from .network import BACKGROUNDS, attach, detach
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -54,6 +54,11 @@ def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | Non
     the model's code and modules are not changed. Tracing runs the ``forward`` of the modules that
     hold convolutions once, on proxies (not those of the others).
 
+    What a sparsified model keeps about its parameters (each convolution's output background, the
+    folded BatchNorm coefficients) is renewed by every change PyTorch's version counters see:
+    in-place ops, ``load_state_dict``, new parameters. Writes through ``.data`` bypass those
+    counters: call ``sparsify_`` again after them, which computes everything kept anew.
+
     Args:
         model: the model, converted in place (a bare ``nn.Conv2d`` cannot be replaced in place:
             the converted module is returned instead).
@@ -83,7 +88,10 @@ def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | Non
     model = _convert_tree(model, leaf)
     convs = [module for module in model.modules() if isinstance(module, SparseConv2d)]
     for conv in convs:
+        # Everything kept about the parameters is computed again: a write through `.data` (which
+        # PyTorch's version counters do not see) is taken in by calling sparsify_ again.
         conv.__dict__.pop("_zeroskip_epilogue", None)
+        BACKGROUNDS.forget(conv.weight)
     if not isinstance(model, SparseConv2d):
         # The inference BatchNorm (and ReLU) after a convolution, written with its output.
         epilogues = find_epilogues(model, convs)

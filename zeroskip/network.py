@@ -58,6 +58,10 @@ class _BackgroundCache:
         with self._lock:
             self._entries.pop(key, None)
 
+    def forget(self, weight: torch.Tensor) -> None:
+        """Drop what is kept for ``weight``: after a change its version counter does not show."""
+        self._forget(id(weight))
+
     def get(self, weight, bias, args, background: Background, compute: Callable[[], Background]) -> Background:
         key = self._key(weight, bias, args, background)
         if key is None:
@@ -74,7 +78,7 @@ class _BackgroundCache:
         return result
 
 
-_CACHE = _BackgroundCache()
+BACKGROUNDS = _BackgroundCache()
 
 
 @dataclass
@@ -178,7 +182,7 @@ def carry_conv(input, weight, bias, stride, padding, dilation, groups, g: ConvGe
         return carry.background.windowed(op, (g.out_height, g.out_width), g.window, g.stride, (g.pad_top, g.pad_left))
 
     def background() -> Background:
-        field = _CACHE.get(weight, bias, repr(args), carry.background, compute)
+        field = BACKGROUNDS.get(weight, bias, repr(args), carry.background, compute)
         return field if epilogue is None else epilogue.after(field)
 
     return ConvCarry(values, out_activity[:, 0], epilogue=epilogue, _out_activity=out_activity, _background=background)
