@@ -225,6 +225,26 @@ def test_folding_stops_where_it_no_longer_holds(change):
             torch.testing.assert_close(seen[0], dense.block.conv1(dense.relu(dense.bn(dense.stem(x)))))
 
 
+@pytest.mark.parametrize("change", ["in_place", "data, then sparsify_ again"])
+def test_folded_coefficients_follow_batch_norm_changes(change):
+    """The folded scale and shift are kept while the BatchNorm's tensors keep their versions; a write
+    through ``.data`` bumps none, and calling sparsify_ again folds anew."""
+    dense = _ready(Net(Block()))
+    sparse = zeroskip.sparsify_(copy.deepcopy(dense))
+    x = make_pattern("pixel_center", (2, 3, 24, 20))
+    _run(dense, x, sparse, eager=True)
+    with torch.no_grad():
+        for model in (dense, sparse):
+            if change == "in_place":
+                model.block.bn1.running_mean.add_(0.75)
+            else:
+                model.block.bn1.running_mean.data.add_(0.75)
+    if change != "in_place":
+        zeroskip.sparsify_(sparse)
+    _, details = _run(dense, x, sparse, eager=True)
+    assert "+bn+relu" in details[1], details
+
+
 def test_densify_drops_the_epilogues_and_copies_keep_them():
     dense = _ready(Net(Block()))
     sparse = zeroskip.sparsify_(copy.deepcopy(dense))
