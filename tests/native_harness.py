@@ -187,7 +187,9 @@ def run(library: str, cases: int) -> None:
         seed = rng.randrange(1 << 30)
         numbers = np.random.default_rng(seed)
         batch, groups = rng.randint(1, 3), rng.choice([1, 1, 2, 3])
-        cin, cout = groups * rng.randint(1, 4), groups * rng.choice([1, 5, 13])
+        # Whole vectors of output channels take the channel kernel; more than 16 input channels a group,
+        # two chunks of taps.
+        cin, cout = groups * rng.choice([1, 2, 3, 4, 18]), groups * rng.choice([1, 5, 13, 16, 32])
         kernel, stride = (rng.randint(1, 5), rng.randint(1, 5)), (rng.randint(1, 3), rng.randint(1, 3))
         dilation, padding = (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(0, 3), rng.randint(0, 3))
         height, width = rng.randint(1, 30), rng.randint(1, 60)
