@@ -57,7 +57,8 @@ def sparsify_(model: nn.Module, *, mode: str = "auto", filter_fn: FilterFn | Non
     What a sparsified model keeps about its parameters (each convolution's output background, the
     folded BatchNorm coefficients) is renewed by every change PyTorch's version counters see:
     in-place ops, ``load_state_dict``, new parameters. Writes through ``.data`` bypass those
-    counters: call ``sparsify_`` again after them, which computes everything kept anew.
+    counters: call ``sparsify_`` again after them (with the same ``mode``: it sets every
+    convolution's), which computes everything kept anew.
 
     Args:
         model: the model, converted in place (a bare ``nn.Conv2d`` cannot be replaced in place:
