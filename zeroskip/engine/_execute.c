@@ -489,7 +489,8 @@ static const float *panel(exec_job *job, int64_t g, int64_t blk, int64_t t0, flo
                 _mm_prefetch((const char *)(runs + (i + VLEN) * job->k + s0), _MM_HINT_T0);
             }
             transpose(r);
-            /* column s is channel s / area of the chunk at position s % area: tap position x in_chunk + channel */
+            /* column s is channel s / area of the chunk at position s % area, its tap position x in_chunk +
+             * channel: the inverse of the order zeroskip_execute gives tap_weight (by position, then channel) */
             for (int64_t j = 0; j < n; j++) store(a + ((s0 + j) % area * in_chunk + (s0 + j) / area) * m + i0, r[j]);
         }
     }
